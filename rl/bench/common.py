@@ -1,0 +1,49 @@
+"""Shared helpers for benchmark reports: JSON + markdown table, written side by side under `--out`."""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from rl.rundir import atomic_write_text
+
+
+def machine_info() -> dict:
+    import os
+
+    info = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "cuda": torch.cuda.is_available(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "(no rows)\n"
+    cols = columns or list(dict.fromkeys(k for r in rows for k in r))
+
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(name: str, rows: list[dict], out_dir: str | Path, extra: dict | None = None,
+                 notes: str = "", columns: list[str] | None = None) -> Path:
+    """Write `<out>/<name>.json` (rows + machine info + extra) and `<out>/<name>.md`; return the md path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"bench": name, "machine": machine_info(), "rows": rows, **(extra or {})}
+    atomic_write_text(out / f"{name}.json", json.dumps(payload, indent=2, default=str))
+    md = f"# rl bench {name}\n\n{markdown_table(rows, columns)}\n{notes}\n"
+    atomic_write_text(out / f"{name}.md", md)
+    print(md)
+    return out / f"{name}.md"

@@ -1,0 +1,226 @@
+"""The `rl` command: train, eval, models, plot, bench."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from rl.errors import OrchardError
+
+# Runtime defaults every command needs (see ENVIRONMENT notes in the README); users can override any of them.
+for _k, _v in {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "RAY_AUTH_MODE": "disabled",
+               "TOKENIZERS_PARALLELISM": "false", "TF_CPP_MIN_LOG_LEVEL": "2"}.items():
+    os.environ.setdefault(_k, _v)
+
+EXAMPLES = """\
+examples:
+  rl train configs/grpo_tiny.yaml                       # the default recipe
+  rl train configs/grpo_tiny.yaml max_steps=50 trainer.lr=3e-6 rollout.engine=vllm seed=1 run_dir=runs/x
+  rl train configs/grpo_tiny.yaml reward=my_rewards.py:my_fn
+  rl train --resume runs/x                              # continue from the last checkpoint
+  rl eval runs/x                                        # held-out accuracy of a run's last checkpoint
+  rl models build tiny-arith                            # build (and cache) the embedded tiny model
+  rl plot runs/x                                        # PNG learning curves into runs/x/plots
+  rl bench rollout                                      # benchmarks: rollout, grpo, envs, marl
+"""
+
+
+def launch(config: str | None, overrides: list[str], resume: str | None = None) -> dict:
+    """Load and validate the config, prepare the run directory, run the job, write summary.json."""
+    from rl.config import dump_config, get_job, load_config
+    from rl.progress import setup_logging
+    from rl.rundir import default_run_dir, open_run_dir
+
+    setup_logging()
+    if resume:
+        run = open_run_dir(resume, must_exist=True)
+        cfg = load_config(run.config_path, [*overrides, f"run_dir={run.path}"])
+        if run.latest_checkpoint() is None:
+            raise OrchardError(f"{run.path} has no complete checkpoint to resume from (checkpoints/step-N/COMPLETE)")
+    else:
+        cfg = load_config(config, overrides)
+        path = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg.algo)
+        if (path / "checkpoints").exists() and any((path / "checkpoints").iterdir()):
+            raise OrchardError(f"run_dir {path} already holds checkpoints: resume it with `rl train --resume {path}` "
+                               f"or choose another run_dir=...")
+        cfg.run_dir = str(path)
+        run = open_run_dir(path)
+    run.write_config(dump_config(cfg))
+    job = get_job(cfg.algo)
+    t0 = time.time()
+    summary = job.run(cfg, run)
+    summary.setdefault("wall_time_s", time.time() - t0)
+    summary["run_dir"] = str(run.path)
+    run.write_summary(summary)
+    print(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from rl.config import JOBS, describe, get_job, load_config, read_yaml
+
+    if a.list:
+        for name in sorted(JOBS):
+            try:
+                print(f"{name:8s} {get_job(name).description}")
+            except ImportError as e:  # a job whose optional dependencies are missing
+                print(f"{name:8s} (unavailable: {e})")
+        return
+    if a.help_config:
+        algo = read_yaml(a.config).get("algo", "grpo") if a.config else "grpo"
+        print("\n".join(describe(get_job(algo).config_cls)))
+        return
+    if a.resume and a.config and "=" not in a.config:
+        raise OrchardError("give either a CONFIG or --resume RUN_DIR, not both")
+    overrides = list(a.overrides)
+    config = a.config
+    if config and "=" in config:  # `rl train key=value ...` with no config file
+        overrides.insert(0, config)
+        config = None
+    if not config and not a.resume:
+        load_config(None, overrides)  # validates; a bare `rl train` runs the typed defaults
+    launch(config, overrides, resume=a.resume)
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    from rl.config import load_config
+    from rl.progress import setup_logging
+    from rl.rundir import open_run_dir
+
+    setup_logging()
+    target = Path(a.target)
+    overrides = list(a.overrides)
+    run = None
+    if target.is_dir():
+        run = open_run_dir(target, must_exist=True)
+        cfg = load_config(run.config_path, overrides)
+        latest = run.latest_checkpoint()
+        if latest is not None and not any(o.startswith("model.path=") for o in overrides):
+            cfg.model.path = str(latest[1] / "model")
+    else:
+        cfg = load_config(target, overrides)
+    if cfg.algo != "grpo":
+        raise OrchardError(f"`rl eval` evaluates LLM (grpo) runs; {target} is a '{cfg.algo}' job (its summary.json has its returns)")
+    from trainers.grpo.evaluate import evaluate_model
+
+    result = evaluate_model(cfg)
+    print(json.dumps(result, indent=2))
+    if run is not None:
+        from rl.rundir import atomic_write_text
+
+        atomic_write_text(run.path / "eval.json", json.dumps(result, indent=2))
+
+
+def cmd_models(a: argparse.Namespace) -> None:
+    from rl import zoo
+
+    if a.action == "list":
+        for name in zoo.MODELS.names():
+            cached = zoo.cache_root() / f"{name}-seed0"
+            print(f"{name:16s} {'cached at ' + str(cached) if zoo.is_hf_model_dir(cached) else 'not built'}")
+    elif a.action == "build":
+        if not a.name:
+            raise OrchardError(f"`rl models build NAME`: give a name; zoo models: {', '.join(zoo.MODELS.names())}")
+        zoo.MODELS.get(a.name) if a.name in zoo.MODELS else zoo.resolve_model_path(a.name)
+        t0 = time.time()
+        path = zoo.build(a.name, seed=a.seed, force=a.force)
+        print(f"{a.name}: {path} ({time.time() - t0:.1f} s)")
+        print(json.dumps(zoo.describe(path), indent=2, default=str))
+    elif a.action == "info":
+        path = zoo.resolve_model_path(a.name, key="NAME")
+        print(json.dumps(zoo.describe(path), indent=2, default=str))
+
+
+def cmd_plot(a: argparse.Namespace) -> None:
+    from rl.plot import plot_run
+
+    for p in plot_run(a.run_dir):
+        print(p)
+
+
+def cmd_bench(a: argparse.Namespace, rest: list[str]) -> None:
+    from rl.bench import BENCHES
+    from rl.registry import did_you_mean
+
+    if a.name not in BENCHES:
+        raise OrchardError(f"unknown benchmark '{a.name}'{did_you_mean(a.name, BENCHES)}; known: {', '.join(BENCHES)}")
+    mod = importlib.import_module(BENCHES[a.name])
+    p = argparse.ArgumentParser(prog=f"rl bench {a.name}", description=(mod.__doc__ or "").strip().splitlines()[0])
+    p.add_argument("--out", default=f"bench_results", help="directory for the JSON and markdown reports")
+    mod.add_arguments(p)
+    mod.run(p.parse_args(rest))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rl", description="Orchard: RL post-training (GRPO for LLMs, classic and multi-agent RL).",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="run a training job from a YAML recipe plus key=value overrides",
+                       description="Run a training job. CONFIG is a YAML recipe (overrides of the typed defaults); "
+                                   "KEY=VALUE pairs override it with dotted paths (trainer.lr=3e-6).",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("config", nargs="?", help="YAML recipe, e.g. configs/grpo_tiny.yaml")
+    t.add_argument("overrides", nargs="*", help="dotted KEY=VALUE overrides")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (KEY=VALUE may extend it, e.g. max_steps=200)")
+    t.add_argument("--list", action="store_true", help="list the available jobs (algo names)")
+    t.add_argument("--help-config", action="store_true", help="print every config key of the job with its default and docs")
+
+    e = sub.add_parser("eval", help="held-out accuracy of a run's last checkpoint, or of model.path=... under a config")
+    e.add_argument("target", help="a run directory or a YAML recipe")
+    e.add_argument("overrides", nargs="*", help="dotted KEY=VALUE overrides (e.g. model.path=/path/to/hf_model)")
+
+    m = sub.add_parser("models", help="the model zoo: tiny models built locally (no hub downloads)")
+    m.add_argument("action", choices=["build", "list", "info"])
+    m.add_argument("name", nargs="?", help="zoo model name (build) or a model directory / zoo name (info)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--force", action="store_true", help="rebuild even if cached")
+
+    pl = sub.add_parser("plot", help="PNG learning curves of a run into RUN_DIR/plots")
+    pl.add_argument("run_dir")
+
+    b = sub.add_parser("bench", help="benchmarks (JSON + markdown): rollout, grpo, envs, marl; `rl bench NAME --help`",
+                       add_help=False)
+    b.add_argument("name")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = build_parser()
+    if argv[:1] == ["bench"] and (len(argv) == 1 or argv[1] in ("-h", "--help")):
+        from rl.bench import BENCHES
+
+        print("usage: rl bench NAME [options]   (rl bench NAME --help for its options)\nbenchmarks: " + ", ".join(BENCHES))
+        return 0
+    if argv[:1] == ["bench"] and len(argv) > 1 and not argv[1].startswith("-"):
+        a, rest = p.parse_known_args(argv[:2])
+        rest = argv[2:]
+    else:
+        a, rest = p.parse_args(argv), []
+    try:
+        if a.cmd == "train":
+            cmd_train(a)
+        elif a.cmd == "eval":
+            cmd_eval(a)
+        elif a.cmd == "models":
+            cmd_models(a)
+        elif a.cmd == "plot":
+            cmd_plot(a)
+        elif a.cmd == "bench":
+            cmd_bench(a, rest)
+    except OrchardError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: complete checkpoints are kept; continue with `rl train --resume RUN_DIR`", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

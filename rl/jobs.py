@@ -1,0 +1,17 @@
+"""What a job is: a config class plus a `run` function. Registered by name in `rl.config.JOBS`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from rl.config import JobConfig
+from rl.rundir import RunDir
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    config_cls: type[JobConfig]
+    run: Callable[[JobConfig, RunDir], dict]
+    """run(cfg, run_dir) trains (resuming from run_dir's latest checkpoint if it has one) and returns the summary."""
+    description: str = ""

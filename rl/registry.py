@@ -1,0 +1,49 @@
+"""A tiny name -> object registry with a duplicate-name check and did-you-mean lookups.
+
+Used only for small swappable functions (losses, advantages, rewards, envs, datasets), one signature each.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+def did_you_mean(name: str, candidates) -> str:
+    """' (did you mean 'x'?)' for the closest candidate, or '' if none is close."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            if name in self._items:
+                raise ValueError(f"duplicate {self.kind} name '{name}': already registered by {self._items[name]!r}")
+            self._items[name] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            known = ", ".join(sorted(self._items))
+            raise KeyError(
+                f"unknown {self.kind} '{name}'{did_you_mean(name, self._items)}; known: {known}"
+            ) from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))
+
+    def names(self) -> list[str]:
+        return sorted(self._items)

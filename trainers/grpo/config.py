@@ -1,0 +1,165 @@
+"""GRPO job config: typed defaults with a docstring per field. Recipes in `configs/` override these."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from rl.config import JobConfig, Section
+
+
+class LoraConfig(Section):
+    enabled: bool = False
+    """Train a LoRA adapter (peft) instead of all weights."""
+    r: int = Field(8, ge=1, le=1024)
+    """LoRA rank."""
+    alpha: float = Field(16.0, gt=0)
+    """LoRA alpha (scaling = alpha / r)."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """LoRA dropout."""
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    """Module names that get adapters."""
+
+
+class ModelConfig(Section):
+    path: str = "tiny-arith"
+    """A zoo model name (built and cached on first use; see `rl models list`) or a local Hugging Face model directory."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype for the trainer and the rollout engine."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA adapters via peft."""
+
+
+class DataConfig(Section):
+    name: str = "arithmetic"
+    """A registered prompt dataset name or a path to a .jsonl file (one JSON object per line)."""
+    train_size: int = Field(4096, ge=1)
+    """Number of training prompts (cycled through in a seeded order, one epoch after another)."""
+    eval_size: int = Field(300, ge=1)
+    """Number of held-out prompts for evaluation (from the 'test' split, disjoint from training)."""
+    prompt_key: str = "prompt"
+    """Column holding the prompt text (jsonl datasets)."""
+    answer_key: str = "answer"
+    """Column holding the reference answer (jsonl datasets); passed to rewards as `answer`."""
+
+
+class VLLMConfig(Section):
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    """Fraction of GPU memory vLLM may take (GPU only)."""
+    enforce_eager: bool = True
+    """Skip CUDA graphs / torch.compile (fast start; on CPU compile was not faster)."""
+    max_model_len: int = Field(512, ge=16)
+    """Longest prompt + completion vLLM must serve."""
+
+
+class RolloutConfig(Section):
+    engine: Literal["hf", "vllm"] = "hf"
+    """Generation engine. `hf` (transformers) is faster on the tiny CPU models (see `rl bench rollout`); use `vllm` for real models."""
+    num_generations: int = Field(8, ge=1)
+    """G: completions sampled per prompt (the GRPO group)."""
+    prompts_per_step: int = Field(16, ge=1)
+    """Prompts per training step; the batch is prompts_per_step x num_generations samples."""
+    max_new_tokens: int = Field(16, ge=1)
+    """Longest completion."""
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature for training rollouts (behaviour log-probs are post-temperature)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling; keep 1.0 unless you accept the biased log-probs it implies."""
+    max_batch: int = Field(256, ge=1)
+    """Largest batch the engine generates at once."""
+    vllm: VLLMConfig = VLLMConfig()
+    """vLLM engine options."""
+
+
+class RewardSpecConfig(Section):
+    fn: str
+    """A registered reward name, `path/to/file.py:fn`, or `package.module:fn`."""
+    weight: float = 1.0
+    """Weight of this function in the summed reward."""
+    kwargs: dict = {}
+    """Keyword arguments bound to the function (e.g. `pattern` for the `format` reward)."""
+
+
+class TrainerConfig(Section):
+    lr: float = Field(2e-4, gt=0)
+    """AdamW learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """AdamW betas."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear learning-rate warm-up steps."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Gradient clipping norm."""
+    advantage: str = "grpo"
+    """Advantage estimator (registered in `trainers.advantages`): grpo, dr_grpo, rloo, reinforce."""
+    loss: str = "ppo_clip"
+    """Policy loss (registered in `trainers.grpo.loss`)."""
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "seq_mean_token_mean"
+    """Loss aggregation: GRPO seq_mean_token_mean, DAPO token_mean, Dr. GRPO seq_mean_token_sum_norm."""
+    clip_low: float = Field(0.2, ge=0, lt=1)
+    """PPO ratio clip below 1 (epsilon_low)."""
+    clip_high: float = Field(0.2, ge=0)
+    """PPO ratio clip above 1 (epsilon_high; DAPO clip-higher uses 0.28)."""
+    dual_clip_c: float | None = Field(None, gt=1)
+    """Dual-clip constant for negative advantages (verl uses 3); None disables."""
+    kl_coef: float = Field(0.0, ge=0)
+    """Weight of the k3 KL penalty to the reference (initial) model; 0 disables it and loads no reference."""
+    ppo_epochs: int = Field(1, ge=1)
+    """Passes (mu) over each rollout batch."""
+    micro_batch_size: int = Field(64, ge=1)
+    """Samples per forward/backward; gradients accumulate over the whole batch for one optimizer step per epoch."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: drop groups whose rewards are all equal and generate more until the batch is full."""
+    max_resample_rounds: int = Field(3, ge=0)
+    """Extra generation rounds allowed per step when dynamic sampling removed groups."""
+    offpolicy: str = "none"
+    """Off-policy correction (registered in `trainers.offpolicy`): none, tis_token, tis_seq, mask, decoupled."""
+    is_cap: float = Field(2.0, gt=0)
+    """Truncation cap C for TIS importance weights."""
+    recompute_old_logprobs: bool = False
+    """Recompute the old-policy log-probs with the trainer before the update (needed if engine and trainer differ numerically or ppo_epochs > 1 off-policy). Otherwise the engine's behaviour log-probs are the old log-probs."""
+
+
+class EvalConfig(Section):
+    every: int = Field(0, ge=0)
+    """Evaluate held-out accuracy every N steps (0: only before and after training)."""
+    max_new_tokens: int = Field(16, ge=1)
+    """Longest completion at evaluation (greedy decoding)."""
+    reward: str = "exact_match"
+    """Reward used as the held-out accuracy metric (a sample counts as correct when it scores > 0.5)."""
+
+
+class GRPOConfig(JobConfig):
+    algo: Literal["grpo"] = "grpo"
+    """Which job to run."""
+    max_steps: int = Field(100, ge=1)
+    """Training steps (one rollout batch and `ppo_epochs` optimizer steps each)."""
+    max_staleness: int = Field(0, ge=0)
+    """How many policy versions generation may run ahead of training (0: synchronous on-policy)."""
+    model: ModelConfig = ModelConfig()
+    """Policy model."""
+    data: DataConfig = DataConfig()
+    """Prompt dataset."""
+    rollout: RolloutConfig = RolloutConfig()
+    """Generation."""
+    reward: list[RewardSpecConfig] = [RewardSpecConfig(fn="exact_match")]
+    """Reward functions: a name/ref string, or a list of {fn, weight, kwargs}."""
+    reward_timeout_s: float = Field(30.0, gt=0)
+    """A reward call taking longer than this stops the job with an error naming the function."""
+    on_reward_error: Literal["raise", "drop"] = "raise"
+    """What a failing reward does: stop the job (raise) or drop the sample and count it in `reward/dropped`."""
+    trainer: TrainerConfig = TrainerConfig()
+    """Optimisation and loss."""
+    eval: EvalConfig = EvalConfig()
+    """Held-out evaluation."""
+
+    @field_validator("reward", mode="before")
+    @classmethod
+    def _reward_shorthand(cls, v):
+        """Accept `reward=file.py:fn`, a list of strings, or a list of {fn, weight, kwargs} mappings."""
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, list):
+            return [{"fn": x} if isinstance(x, str) else x for x in v]
+        return v

@@ -1,0 +1,31 @@
+"""`rl eval`: held-out accuracy of any model (zoo name, local HF directory, or a run's checkpoint)."""
+from __future__ import annotations
+
+import time
+
+from rl.zoo import resolve_model_path
+from trainers.grpo.config import GRPOConfig
+
+
+def evaluate_model(cfg: GRPOConfig) -> dict:
+    from transformers import AutoTokenizer
+
+    from envs.datasets import load_prompts
+    from rollout.engine import make_engine
+    from trainers.grpo.trainer import evaluate
+
+    model_dir = resolve_model_path(cfg.model.path)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.padding_side = "left"
+    d, r = cfg.data, cfg.rollout
+    rows = load_prompts(d.name, "test", d.eval_size, cfg.seed, d.prompt_key, d.answer_key)
+    engine = make_engine(r.engine, str(model_dir), dtype=cfg.model.dtype, seed=cfg.seed, max_batch=r.max_batch,
+                         max_model_len=r.vllm.max_model_len, gpu_memory_utilization=r.vllm.gpu_memory_utilization,
+                         enforce_eager=r.vllm.enforce_eager)
+    t0 = time.time()
+    try:
+        out = evaluate(engine, tok, rows, cfg)
+    finally:
+        engine.close()
+    return {"model": str(model_dir), "dataset": d.name, "split": "test", "size": len(rows), "engine": r.engine,
+            **out, "eval_s": time.time() - t0}
