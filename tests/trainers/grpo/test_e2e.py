@@ -1,0 +1,84 @@
+"""Tiny end-to-end GRPO jobs through the real CLI path: parameters change, the run directory is complete,
+resume reproduces the uninterrupted run, and a user's reward file trains."""
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rl.cli import launch, main
+
+pytestmark = pytest.mark.slow
+
+TINY = ["model.path=random-3m", "data.train_size=64", "data.eval_size=16", "rollout.prompts_per_step=4",
+        "rollout.num_generations=4", "rollout.max_new_tokens=4", "eval.max_new_tokens=4", "log.progress=false",
+        "trainer.lr=1e-3", "seed=3"]
+
+
+def _weights(d):
+    out = {}
+    for f in sorted(d.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def test_train_changes_parameters_and_writes_complete_run_dir(tmp_path):
+    from rl.zoo import resolve_model_path
+
+    run_dir = tmp_path / "run"
+    summary = launch("configs/grpo_tiny.yaml", [*TINY, "max_steps=3", f"run_dir={run_dir}"])
+    for name in ("config.yaml", "metrics.jsonl", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    ckpt = run_dir / "checkpoints" / "step-3"
+    assert (ckpt / "COMPLETE").is_file() and (ckpt / "trainer_state.pt").is_file()
+    assert (ckpt / "model" / "config.json").is_file() and (ckpt / "model" / "tokenizer.json").is_file()
+    before, after = _weights(resolve_model_path("random-3m")), _weights(ckpt / "model")
+    changed = [k for k in after if not torch.equal(before[k], after[k])]
+    assert len(changed) >= len(after) // 2, f"only {len(changed)}/{len(after)} tensors changed"
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    for key in ("reward/mean", "actor/clipfrac", "perf/tokens_per_s", "loss/pg"):
+        assert all(key in r and r[key] is not None and math.isfinite(r[key]) for r in rows[1:]), key
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved["steps"] == 3 and 0.0 <= saved["eval/accuracy_after"] <= 1.0 and saved == {**summary, **saved}
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    launch("configs/grpo_tiny.yaml", [*TINY, "max_steps=4", "checkpoint.every=2", f"run_dir={full}"])
+    launch("configs/grpo_tiny.yaml", [*TINY, "max_steps=2", "checkpoint.every=2", f"run_dir={part}"])
+    assert main(["train", "--resume", str(part), "max_steps=4"]) == 0
+    a = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in b] == [0, 1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        for k in ("reward/mean", "loss/pg", "actor/grad_norm", "eval/accuracy"):
+            if k in ra:
+                assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-7), (ra["step"], k)
+    wa, wb = _weights(full / "checkpoints" / "step-4" / "model"), _weights(part / "checkpoints" / "step-4" / "model")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_fresh_run_refuses_to_overwrite_checkpoints(tmp_path, capsys):
+    launch("configs/grpo_tiny.yaml", [*TINY, "max_steps=1", f"run_dir={tmp_path}"])
+    assert main(["train", "configs/grpo_tiny.yaml", *TINY, "max_steps=1", f"run_dir={tmp_path}"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_custom_reward_file_trains(tmp_path):
+    """A user's own TRL-style reward function from a file drives training: reward for emitting short answers
+    that start with a digit rises (random-3m starts near chance)."""
+    user = tmp_path / "my_reward.py"
+    user.write_text(
+        "def starts_with_digit(prompts, completions, answer, **kw):\n"
+        "    return [1.0 if c[:1].isdigit() else 0.0 for c in completions]\n")
+    run_dir = tmp_path / "run"
+    launch("configs/grpo_tiny.yaml", [*TINY, "max_steps=12", "trainer.lr=3e-3", f"reward={user}:starts_with_digit",
+                                      f"run_dir={run_dir}", "log.tensorboard=false"])
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]
+    first = sum(r["reward/mean"] for r in rows[:3]) / 3
+    last = sum(r["reward/mean"] for r in rows[-3:]) / 3
+    assert f"reward/{user.stem}" in json.dumps(rows[0]) or "reward/starts_with_digit/mean" in rows[0]
+    assert last > first + 0.2, (first, last)
