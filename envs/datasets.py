@@ -23,26 +23,25 @@ def _split_of(key: str) -> str:
 
 @DATASETS.register("arithmetic")
 def arithmetic(split: str, size: int, seed: int) -> list[dict]:
-    """Two-digit addition and subtraction, e.g. `37+45=` -> `82`, `52-17=` -> `35` (results may be negative).
+    """Two-digit addition, e.g. `37+45=` -> `82`.
 
-    Problems are drawn with a seeded RNG and kept only if they fall in `split`; there are 2 x 90 x 90 = 16200
-    distinct problems, about 3240 of them in the test split.
+    Problems are drawn with a seeded RNG and kept only if they fall in `split`; there are 90 x 90 = 8100
+    distinct problems, about 1620 of them in the test split.
     """
     if split not in ("train", "test"):
         raise ConfigError(f"dataset 'arithmetic': unknown split '{split}' (train or test)")
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
     rows, seen = [], set()
-    limit = 13000 if split == "train" else 3200
+    limit = 6400 if split == "train" else 1600
     if size > limit:
         raise ConfigError(f"dataset 'arithmetic': size {size} exceeds the {limit} distinct {split} problems")
     while len(rows) < size:
         a, b = rng.integers(10, 100, size=2)
-        op = "+" if rng.random() < 0.5 else "-"
-        prompt = f"{a}{op}{b}="
+        prompt = f"{a}+{b}="
         if prompt in seen or _split_of(prompt) != split:
             continue
         seen.add(prompt)
-        rows.append({"prompt": prompt, "answer": str(a + b if op == "+" else a - b)})
+        rows.append({"prompt": prompt, "answer": str(a + b)})
     return rows
 
 

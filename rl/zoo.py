@@ -88,6 +88,73 @@ for _size, _arch in ARCHS.items():
     MODELS.register(f"random-{_size}")(lambda out_dir, seed, _arch=_arch: save_random(_arch, out_dir, seed))
 
 
+TINY_ARITH_SFT = {"steps": 1000, "batch_size": 128, "lr": 3e-3, "train_rows": 6000, "teacher_carry_error": 0.6}
+
+
+def noisy_teacher(rows: list[dict], error_rate: float, seed: int) -> list[dict]:
+    """Labels from a sloppy teacher: on problems whose units digits carry, it forgets the carry (37+45 -> 72)
+    with probability `error_rate`. A model imitating it holds both answers; a verifier reward can sharpen it."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, 17])
+    out = []
+    for r in rows:
+        a, b = (int(x) for x in r["prompt"].rstrip("=").split("+"))
+        if (a % 10) + (b % 10) >= 10 and rng.random() < error_rate:
+            r = {**r, "answer": str(a + b - 10)}
+        out.append(r)
+    return out
+
+
+@MODELS.register("tiny-arith")
+def build_tiny_arith(out_dir: Path, seed: int) -> None:
+    """The default policy: `random-3m` warm-started by a short supervised run on two-digit addition (train split
+    only) with labels from a noisy teacher that often forgets the units carry. It is partly competent: the right
+    answer is in its distribution but often not its mode, as with pretrained LLMs before RL with a verifier."""
+    import json
+    import time
+
+    import torch
+
+    from envs.datasets import load_prompts
+    from rl.sft import sft
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, os.cpu_count() or 1))
+    t0 = time.time()
+    tok = build_tokenizer()
+    model = init_random_model(ARCHS["3m"], tok, seed)
+    s = TINY_ARITH_SFT
+    rows = noisy_teacher(load_prompts("arithmetic", "train", s["train_rows"], seed), s["teacher_carry_error"], seed)
+    losses = sft(model, tok, rows, s["steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    info = {"name": "tiny-arith", "seed": seed, "sft": s, "final_sft_loss": sum(losses[-20:]) / 20,
+            "build_s": time.time() - t0}
+    (out_dir / "zoo.json").write_text(json.dumps(info, indent=2))
+
+
+def describe(path: Path) -> dict:
+    """Parameter count, architecture and the zoo.json build record (if any) of a model directory."""
+    import json
+
+    from safetensors import safe_open
+
+    import math as _math
+
+    path = Path(path)
+    n = 0
+    for f in path.glob("*.safetensors"):
+        with safe_open(f, "pt") as st:
+            n += sum(_math.prod(st.get_slice(k).get_shape()) for k in st.keys())
+    cfg = json.loads((path / "config.json").read_text())
+    out = {"path": str(path), "params": n, "architecture": (cfg.get("architectures") or ["?"])[0],
+           "hidden_size": cfg.get("hidden_size"), "layers": cfg.get("num_hidden_layers")}
+    if (path / "zoo.json").exists():
+        out["zoo"] = json.loads((path / "zoo.json").read_text())
+    return out
+
+
 def is_hf_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file()
 

@@ -36,7 +36,7 @@ class DataConfig(Section):
     train_size: int = Field(4096, ge=1)
     """Number of training prompts (cycled through in a seeded order, one epoch after another)."""
     eval_size: int = Field(300, ge=1)
-    """Number of held-out prompts for evaluation (from the 'test' split, disjoint from training)."""
+    """Number of held-out prompts for evaluation (the same fixed set for every seed: the test split, disjoint from training)."""
     prompt_key: str = "prompt"
     """Column holding the prompt text (jsonl datasets)."""
     answer_key: str = "answer"

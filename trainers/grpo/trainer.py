@@ -215,7 +215,7 @@ def train(cfg: GRPOConfig, run: RunDir) -> dict:
     tok = policy.tokenizer
     d = cfg.data
     train_rows = load_prompts(d.name, "train", d.train_size, cfg.seed, d.prompt_key, d.answer_key)
-    eval_rows = load_prompts(d.name, "test", d.eval_size, cfg.seed, d.prompt_key, d.answer_key)
+    eval_rows = load_prompts(d.name, "test", d.eval_size, 0, d.prompt_key, d.answer_key)  # fixed across seeds
     sampler = PromptSampler(len(train_rows), cfg.seed)
     reward_set = RewardSet([RewardSpec(fn=r.fn, weight=r.weight, kwargs=dict(r.kwargs)) for r in cfg.reward],
                            timeout_s=cfg.reward_timeout_s, on_error=cfg.on_reward_error)
