@@ -77,8 +77,10 @@ class VLLMEngine:
     def score(self, prompt_ids, completion_ids, temperature: float) -> list[list[float]]:
         from vllm.inputs import TokensPrompt
 
-        T = temperature if temperature > 0 else 1.0
-        params = self._vllm.SamplingParams(max_tokens=1, temperature=T, prompt_logprobs=0, detokenize=False)
+        if temperature not in (0.0, 1.0):
+            raise ValueError("VLLMEngine.score: vLLM's prompt log-probs are of the raw distribution; score at "
+                             f"temperature 1 (the weight-sync probe does), got {temperature}")
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p) + list(c)) for p, c in zip(prompt_ids, completion_ids)],
                                  params, use_tqdm=False)
         res = []

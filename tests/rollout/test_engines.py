@@ -37,7 +37,7 @@ def trainer_model(model_dir):
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
 
-def perturbed_state(model_dir, seed=5, scale=0.05):
+def perturbed_state(model_dir, seed=5, scale=0.5):
     from transformers import AutoModelForCausalLM
 
     m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -93,7 +93,8 @@ def test_greedy_parity_before_and_after_weight_update(all_engines, prompts, trai
     for v, e in enumerate(all_engines.values(), start=1):
         e.update_weights(new.state_dict().items(), version=7)
     after = {k: e.generate(prompts, GREEDY) for k, e in all_engines.items()}
-    assert [s.completion_ids for s in after["hf"]] != [s.completion_ids for s in outs["hf"]], "update had no effect"
+    changed = any(abs(a - b) > 1e-2 for s, t in zip(after["hf"], outs["hf"]) for a, b in zip(s.logprobs, t.logprobs))
+    assert changed or [s.completion_ids for s in after["hf"]] != [s.completion_ids for s in outs["hf"]], "no effect"
     assert [s.completion_ids for s in after["hf"]] == [s.completion_ids for s in after["vllm"]]
     assert_close([s.logprobs for s in after["hf"]], [s.logprobs for s in after["vllm"]], "hf vs vllm after update")
     assert_close([s.logprobs for s in after["vllm"]], recompute(new.eval(), after["vllm"], 0.0), "vllm vs trainer after")
@@ -105,19 +106,17 @@ def test_greedy_parity_before_and_after_weight_update(all_engines, prompts, trai
 
 
 @pytest.mark.parametrize("kind", ["hf", "vllm"])
-def test_sampled_logprobs_are_post_temperature(all_engines, prompts, kind):
+def test_sampled_logprobs_are_post_temperature(all_engines, prompts, model_dir, kind):
     if kind not in all_engines:
         pytest.skip("vllm not installed")
-    from transformers import AutoModelForCausalLM
-
     e = all_engines[kind]
+    weights = perturbed_state(model_dir, seed=9).eval()
+    e.update_weights(weights.state_dict().items(), version=3)
     sp = SamplingParams(max_new_tokens=10, temperature=0.7, seed=3)
     out = e.generate(prompts * 2, sp)
-    assert out[0].completion_ids  # something was generated
-    # the engine's current weights (possibly updated by the previous test) are recovered via score at T=1
-    ref = e.score([s.prompt_ids for s in out], [s.completion_ids for s in out], 0.7)
-    assert_close([s.logprobs for s in out], ref, f"{kind} behaviour vs scored at T=0.7")
-    at_t1 = e.score([s.prompt_ids for s in out], [s.completion_ids for s in out], 1.0)
+    assert out[0].completion_ids
+    assert_close([s.logprobs for s in out], recompute(weights, out, 0.7), f"{kind} behaviour vs trainer at T=0.7")
+    at_t1 = recompute(weights, out, 1.0)
     assert any(abs(a - b) > 1e-3 for s, r in zip(out, at_t1) for a, b in zip(s.logprobs, r)), "temperature ignored"
     again = e.generate(prompts * 2, sp)
     assert [s.completion_ids for s in again] == [s.completion_ids for s in out], "same seed must reproduce"
