@@ -61,10 +61,6 @@ class JobConfig(Section):
 # --- job registry: algo name -> "module:attribute" of a `rl.jobs.Job`, imported lazily (JAX/vLLM are heavy).
 JOBS: dict[str, str] = {
     "grpo": "trainers.grpo.job:JOB",
-    "ppo": "trainers.ppo.job:JOB",
-    "sac": "trainers.sac.job:JOB",
-    "ippo": "trainers.marl.job:IPPO_JOB",
-    "mappo": "trainers.marl.job:MAPPO_JOB",
 }
 
 

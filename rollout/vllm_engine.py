@@ -38,6 +38,11 @@ class VLLMEngine:
                  enable_lora: bool = False):
         vllm = _vllm()
         self._vllm = vllm
+        import json
+
+        limit = json.loads((Path(model_path) / "config.json").read_text()).get("max_position_embeddings")
+        if limit:  # vLLM refuses a max_model_len above the model's own
+            max_model_len = min(max_model_len, int(limit))
         kwargs = dict(model=model_path, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
                       max_model_len=max_model_len, max_num_seqs=max_batch, logprobs_mode="processed_logprobs",
                       enable_prefix_caching=True, enable_lora=enable_lora)

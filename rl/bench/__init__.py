@@ -6,6 +6,4 @@ Each bench module exposes `add_arguments(parser)` and `run(args) -> dict` and wr
 BENCHES: dict[str, str] = {
     "rollout": "rl.bench.rollout",
     "grpo": "rl.bench.grpo",
-    "envs": "rl.bench.envs",
-    "marl": "rl.bench.marl",
 }
