@@ -84,3 +84,18 @@ def test_custom_reward_file_trains(tmp_path):
     last = sum(r["reward/mean"] for r in rows[-3:]) / 3
     assert f"reward/{user.stem}" in json.dumps(rows[0]) or "reward/starts_with_digit/mean" in rows[0]
     assert last > first + 0.2, (first, last)
+
+
+def test_lora_with_kl_trains_checkpoints_adapter_and_resumes(tmp_path):
+    run_dir = tmp_path / "lora"
+    lora = ["model.lora.enabled=true", "model.lora.r=4", "trainer.kl_coef=0.05", "trainer.lr=1e-3",
+            "checkpoint.every=2", "log.tensorboard=false"]
+    launch("configs/grpo_tiny.yaml", [*TINY, *lora, "max_steps=2", f"run_dir={run_dir}"])
+    adapter = run_dir / "checkpoints" / "step-2" / "model"
+    assert (adapter / "adapter_config.json").is_file()
+    assert main(["train", "--resume", str(run_dir), "max_steps=3"]) == 0
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert all(r["loss/kl"] >= 0 for r in rows[1:]) and rows[-1]["loss/kl"] > 0  # k3 to the base is live
+    w2, w3 = _weights(adapter), _weights(run_dir / "checkpoints" / "step-3" / "model")
+    assert any(not torch.equal(w2[k], w3[k]) for k in w2), "resumed LoRA step did not train"
