@@ -61,6 +61,7 @@ class JobConfig(Section):
 # --- job registry: algo name -> "module:attribute" of a `rl.jobs.Job`, imported lazily (JAX/vLLM are heavy).
 JOBS: dict[str, str] = {
     "grpo": "trainers.grpo.job:JOB",
+    "ppo": "trainers.ppo.job:JOB",
 }
 
 

@@ -68,3 +68,19 @@ def _mask(adv, valid, count):
     if valid is not None:
         keep &= valid
     return torch.where(keep, adv, torch.zeros_like(adv)).float()
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_value: torch.Tensor,
+        last_done: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over a [T, N] rollout (CleanRL convention: dones[t] = 1 means the
+    observation at step t started a new episode, so no bootstrapping across it). Returns (advantages, returns)."""
+    T = rewards.shape[0]
+    adv = torch.zeros_like(rewards)  # [T, N]
+    last = torch.zeros_like(last_value)  # [N]
+    for t in reversed(range(T)):
+        next_nonterminal = 1.0 - (last_done if t == T - 1 else dones[t + 1])  # [N]
+        next_value = last_value if t == T - 1 else values[t + 1]  # [N]
+        delta = rewards[t] + gamma * next_value * next_nonterminal - values[t]
+        last = delta + gamma * lam * next_nonterminal * last
+        adv[t] = last
+    return adv, adv + values

@@ -1,0 +1,86 @@
+"""One vector-env layer: gymnasium-style batched `reset/step` over EnvPool (C++ threads) or gymnasium.
+
+`make_vec_env(name, num_envs, seed)` returns an object with `num_envs`, `single_observation_space`,
+`single_action_space`, `reset(seed=None) -> (obs [N, ...], info)`, `step(actions [N, ...]) -> (obs, reward [N],
+terminated [N], truncated [N], info)` and `close()`. Both backends auto-reset an env on the step *after* it
+ended (gymnasium's NEXT_STEP mode, EnvPool's native behaviour): that step ignores the action, returns the new
+episode's first observation, reward 0 and no done flags. The EnvPool hot path is EnvPool's own bound method.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from rl.errors import ConfigError
+from rl.registry import Registry, did_you_mean
+
+ENVS: Registry = Registry("vector env")
+
+
+class EnvPoolVec:
+    def __init__(self, task: str, num_envs: int, seed: int):
+        import envpool
+
+        self.env = envpool.make(task, env_type="gymnasium", num_envs=num_envs, seed=seed)
+        self.num_envs = num_envs
+        self.single_observation_space = self.env.observation_space
+        self.single_action_space = self.env.action_space
+        self.step = self.env.step  # no wrapper frame on the hot path
+
+    def reset(self, seed: int | None = None):
+        return self.env.reset()
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class GymnasiumVec:
+    def __init__(self, task: str, num_envs: int, seed: int):
+        import gymnasium as gym
+
+        self.env = gym.vector.SyncVectorEnv([lambda: gym.make(task) for _ in range(num_envs)],
+                                            autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+        self.num_envs, self._seed = num_envs, seed
+        self.single_observation_space = self.env.single_observation_space
+        self.single_action_space = self.env.single_action_space
+        self.step = self.env.step
+
+    def reset(self, seed: int | None = None):
+        return self.env.reset(seed=self._seed if seed is None else seed)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+for _task in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0"):
+    ENVS.register(_task)(lambda n, s, _t=_task: EnvPoolVec(_t, n, s))
+    ENVS.register(f"gymnasium/{_task}")(lambda n, s, _t=_task: GymnasiumVec(_t, n, s))
+
+
+def make_vec_env(name: str, num_envs: int, seed: int):
+    if name not in ENVS:
+        raise ConfigError(f"env.name: unknown env '{name}'{did_you_mean(name, ENVS.names())}; "
+                          f"registered: {', '.join(ENVS.names())}")
+    return ENVS.get(name)(num_envs, seed)
+
+
+class EpisodeStats:
+    """Running episodic return/length per env, from the (reward, terminated, truncated) stream."""
+
+    def __init__(self, num_envs: int):
+        self.ret = np.zeros(num_envs)
+        self.len = np.zeros(num_envs, dtype=np.int64)
+        self.finished: list[tuple[float, int]] = []
+
+    def update(self, reward, terminated, truncated) -> None:
+        self.ret += reward
+        self.len += 1
+        done = np.logical_or(terminated, truncated)
+        for i in np.nonzero(done)[0]:
+            self.finished.append((float(self.ret[i]), int(self.len[i])))
+        # the auto-reset step that follows a done adds reward 0; start counting from the next real step
+        self.ret[done] = 0.0
+        self.len[done] = -1
+
+    def pop(self) -> list[tuple[float, int]]:
+        out, self.finished = self.finished, []
+        return out
