@@ -6,4 +6,5 @@ Each bench module exposes `add_arguments(parser)` and `run(args) -> dict` and wr
 BENCHES: dict[str, str] = {
     "rollout": "rl.bench.rollout",
     "grpo": "rl.bench.grpo",
+    "envs": "rl.bench.envs",
 }
