@@ -117,6 +117,11 @@ class TrainerConfig(Section):
     """Off-policy correction (registered in `trainers.offpolicy`): none, tis_token, tis_seq, mask, decoupled."""
     is_cap: float = Field(2.0, gt=0)
     """Truncation cap C for TIS importance weights."""
+    sync_check_every: int = Field(1, ge=0)
+    """Verify the weight sync every N steps: a fixed probe batch is scored by the trainer and the engine, and a
+    log-prob mismatch above `sync_check_tol` stops the job (0 disables)."""
+    sync_check_tol: float = Field(1e-4, gt=0)
+    """Largest allowed |trainer - engine| log-prob difference on the probe batch (raise it for bf16/fp16)."""
     recompute_old_logprobs: bool = False
     """Recompute the old-policy log-probs with the trainer before the update (needed if engine and trainer differ numerically or ppo_epochs > 1 off-policy). Otherwise the engine's behaviour log-probs are the old log-probs."""
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from rewards import RewardSet, RewardSpec
+from rl.errors import WeightSyncError
 from rl.rundir import RunDir
 from rl.seeding import rng_state, seed_everything, set_rng_state
 from rl.zoo import resolve_model_path
@@ -157,6 +158,28 @@ def update(policy: Policy, batch: RolloutBatch, cfg: GRPOConfig, loss_cfg: LossC
     return metrics
 
 
+@torch.no_grad()
+def verify_sync(engine, policy: Policy, probe: list[Sample], tol: float, step: int, engine_name: str, n_tensors: int) -> float:
+    """Score the probe batch with the trainer and the engine at T=1; raise WeightSyncError above `tol`."""
+    z = torch.zeros(len(probe))
+    b = collate(probe, z, z, z.long(), policy.tokenizer.pad_token_id)
+    was_training = policy.model.training
+    policy.model.eval()
+    ours = policy_logprobs(policy.model, b.input_ids.to(policy.device), b.attention_mask.to(policy.device), b.prompt_len, 1.0)
+    policy.model.train(was_training)
+    theirs = engine.score([s.prompt_ids for s in probe], [s.completion_ids for s in probe], 1.0)
+    err = 0.0
+    for i, (s, row) in enumerate(zip(probe, theirs)):
+        n = len(s.completion_ids)
+        if n:
+            err = max(err, (ours[i, :n].float().cpu() - torch.tensor(row)).abs().max().item())
+    if not err <= tol:
+        raise WeightSyncError(f"weight sync check failed after step {step}: rollout engine '{engine_name}' log-probs "
+                              f"differ from the trainer's by {err:.3g} > trainer.sync_check_tol={tol:g} on a probe batch "
+                              f"of {len(probe)} samples ({n_tensors} tensors synced)")
+    return err
+
+
 def _micro(batch: RolloutBatch, size: int):
     for start in range(0, len(batch), size):
         yield batch.select(slice(start, start + size))
@@ -246,6 +269,7 @@ def train(cfg: GRPOConfig, run: RunDir) -> dict:
                       desc="grpo")
     sampling_base = SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p)
     last_eval = before
+    probe: list[Sample] = []  # fixed weight-sync probe: the first samples this process generates
     try:
         for step in range(start_step + 1, cfg.max_steps + 1):
             t0 = time.time()
@@ -282,6 +306,8 @@ def train(cfg: GRPOConfig, run: RunDir) -> dict:
                 if not t.dynamic_sampling or rounds > t.max_resample_rounds:
                     break
             t_gen = time.time() - t0
+            if not probe:
+                probe = [x for x in samples if x.completion_ids][:8]
             if not samples:
                 m["dynamic_sampling/skipped_step"] = 1.0
                 tracker.log(step, m)
@@ -298,8 +324,11 @@ def train(cfg: GRPOConfig, run: RunDir) -> dict:
             t_train = time.time() - t1
             # sync weights to the rollout engine
             t2 = time.time()
-            engine.update_weights(policy.merged_state_dict().items(), version=step)
+            weights = policy.merged_state_dict()
+            engine.update_weights(weights.items(), version=step)
             t_sync = time.time() - t2
+            if t.sync_check_every and step % t.sync_check_every == 0 and probe:
+                m["sync/probe_max_abs_err"] = verify_sync(engine, policy, probe, t.sync_check_tol, step, r.engine, len(weights))
             m.update({"perf/gen_s": t_gen, "perf/train_s": t_train, "perf/sync_s": t_sync,
                       "perf/step_s": time.time() - t0, "perf/tokens_per_s": gen_tokens / max(t_gen, 1e-9),
                       "offpolicy/staleness_mean": float((step - 1) - batch.versions[batch.response_mask > 0].float().mean())

@@ -99,3 +99,26 @@ def test_lora_with_kl_trains_checkpoints_adapter_and_resumes(tmp_path):
     assert all(r["loss/kl"] >= 0 for r in rows[1:]) and rows[-1]["loss/kl"] > 0  # k3 to the base is live
     w2, w3 = _weights(adapter), _weights(run_dir / "checkpoints" / "step-3" / "model")
     assert any(not torch.equal(w2[k], w3[k]) for k in w2), "resumed LoRA step did not train"
+
+
+def test_broken_weight_sync_stops_the_job(tmp_path, monkeypatch, capsys):
+    """An engine that silently drops part of an update is caught by the probe check, with a named error."""
+    from rollout.hf_engine import HFEngine
+
+    real = HFEngine.update_weights
+
+    def drop_mlp(self, named_tensors, version):
+        real(self, [(k, v) for k, v in named_tensors if "mlp" not in k], version)
+
+    monkeypatch.setattr(HFEngine, "update_weights", drop_mlp)
+    code = main(["train", "configs/grpo_tiny.yaml", *TINY, "max_steps=3", "trainer.lr=1e-2", f"run_dir={tmp_path}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "weight sync check failed after step 1: rollout engine 'hf'" in err and "tensors synced" in err
+    assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").glob("step-*"))
+
+
+def test_sync_check_metric_is_logged(tmp_path):
+    launch("configs/grpo_tiny.yaml", [*TINY, "max_steps=2", f"run_dir={tmp_path}", "log.tensorboard=false"])
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()][1:]
+    assert all(0 <= r["sync/probe_max_abs_err"] < 1e-4 for r in rows)
