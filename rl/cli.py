@@ -125,7 +125,11 @@ def cmd_models(a: argparse.Namespace) -> None:
     elif a.action == "build":
         if not a.name:
             raise OrchardError(f"`rl models build NAME`: give a name; zoo models: {', '.join(zoo.MODELS.names())}")
-        zoo.MODELS.get(a.name) if a.name in zoo.MODELS else zoo.resolve_model_path(a.name)
+        if a.name not in zoo.MODELS:
+            from rl.registry import did_you_mean
+
+            raise OrchardError(f"unknown zoo model '{a.name}'{did_you_mean(a.name, zoo.MODELS.names())}; "
+                               f"zoo models: {', '.join(zoo.MODELS.names())}")
         t0 = time.time()
         path = zoo.build(a.name, seed=a.seed, force=a.force)
         print(f"{a.name}: {path} ({time.time() - t0:.1f} s)")

@@ -19,18 +19,14 @@ from rl.bench.common import write_report
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--steps", type=int, default=30, help="training steps for each system")
+    import argparse
+
+    p.add_argument("--steps", type=int, default=20, help="training steps for each system")
     p.add_argument("--config", default="configs/grpo_tiny.yaml", help="the Orchard recipe both systems mirror")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads for each system (0: all cores)")
-    p.add_argument("--worker", choices=["orchard", "trl"], help=argparse_hidden())
-    p.add_argument("--workdir", help=argparse_hidden())
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
+    p.add_argument("--worker", choices=["orchard", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--workdir", help=argparse.SUPPRESS)
 
 
 def _settings(config: str, seed: int, steps: int):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from rewards import RewardSet, RewardSpec
-from rl.errors import WeightSyncError
+from rl.errors import OrchardError, WeightSyncError
 from rl.rundir import RunDir
 from rl.seeding import rng_state, seed_everything, set_rng_state
 from rl.zoo import resolve_model_path
@@ -119,7 +119,6 @@ def update(policy: Policy, batch: RolloutBatch, cfg: GRPOConfig, loss_cfg: LossC
     """`ppo_epochs` optimizer steps over the batch, accumulating gradients over micro-batches so that the
     result equals one full-batch step (each micro-batch's loss is weighted by its share of the aggregate)."""
     t, T = cfg.trainer, max(cfg.rollout.temperature, 1e-6)
-    batch = batch.select(slice(None))
     B = len(batch)
     dev = policy.device
     with torch.no_grad():
@@ -341,7 +340,8 @@ def train(cfg: GRPOConfig, run: RunDir) -> dict:
                 m["eval/accuracy"] = last_eval
             for k, v in m.items():
                 if isinstance(v, float) and math.isnan(v) and not k.startswith("reward/"):
-                    raise FloatingPointError(f"metric {k} is NaN at step {step}")
+                    raise OrchardError(f"metric {k} is NaN at step {step}: training diverged (lower trainer.lr?); "
+                                       f"the last complete checkpoint is intact, resume with --resume")
             tracker.log(step, m)
             if step == cfg.max_steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
                 save_checkpoint(run, step, policy, sampler, {"eval_before": before}, cfg.checkpoint.keep)
