@@ -25,7 +25,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/rl train configs/grpo_tiny.yaml run_dir=runs/grpo_tiny-default
+	$(BIN)/rl train configs/grpo_tiny.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -x --durations=15
