@@ -27,11 +27,13 @@ $(STAMP): requirements.txt pyproject.toml
 run: $(STAMP)
 	$(BIN)/rl train configs/grpo_tiny.yaml
 
+# vLLM tests run in their own process: its in-process engine changes torch/OpenMP threading for the whole process.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -x --durations=15
+	$(BIN)/python -m pytest -q -x --durations=10 -m "not vllm"
+	$(BIN)/python -m pytest -q -x --durations=5 -m vllm
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not vllm"
 
 bench: $(STAMP)
 	$(BIN)/pip install -q trl==1.16.0

@@ -10,6 +10,8 @@ from rollout.engine import make_engine, policy_logprobs
 from rollout.types import Sample, SamplingParams
 from trainers.grpo.batch import collate
 
+# vLLM's in-process engine changes process-wide torch/OpenMP threading; `make test` runs these in their own process
+pytestmark = pytest.mark.vllm
 TOL = 1e-4
 PROMPTS = ["12+34=", "7-9=", "hello world ", "99+1=", "a", "0123456789+", "x=", "55-55="]
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
