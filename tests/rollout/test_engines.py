@@ -1,137 +1,206 @@
-"""Engine parity: greedy tokens identical and log-probs within 1e-4 between the HF engine, the vLLM engine and
-the trainer's own recompute, before and after a weight update; sampled log-probs are post-temperature."""
-import importlib.util
+"""Engine parity: greedy tokens identical and log-probs within 1e-4 between the HF engine, the vLLM engine and the
+trainer's own recompute (`policy_logprobs`), before and after a weight update; sampled log-probs are those of the
+post-temperature distribution; the same LoRA adapter gives the same greedy output in both engines.
 
+Tests that need vLLM are marked `vllm` (`make test` runs them in their own process: vLLM's in-process engine
+changes torch threading for the whole process) and skip with the import error where vLLM cannot be imported.
+"""
 import pytest
 import torch
 
-from rl.zoo import ARCHS, build_tokenizer, init_random_model
-from rollout.engine import make_engine, policy_logprobs
-from rollout.types import Sample, SamplingParams
-from trainers.grpo.batch import collate
+from rollout.engine import left_pad, make_engine, policy_logprobs
+from rollout.types import SamplingParams
 
-# vLLM's in-process engine changes process-wide torch/OpenMP threading; `make test` runs these in their own process
-pytestmark = pytest.mark.vllm
 TOL = 1e-4
-PROMPTS = ["12+34=", "7-9=", "hello world ", "99+1=", "a", "0123456789+", "x=", "55-55="]
-HAS_VLLM = importlib.util.find_spec("vllm") is not None
+GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("model")
-    tok = build_tokenizer()
-    init_random_model(ARCHS["3m"], tok, seed=11).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+def recompute(model, samples, temperature: float) -> list[list[float]]:
+    """The trainer's log-probs of each sample's completion tokens."""
+    ids, attn, P = left_pad([s.prompt_ids for s in samples], [s.completion_ids for s in samples], pad_id=0)
+    with torch.no_grad():
+        lp = policy_logprobs(model, ids, attn, P, temperature)  # [B, L]
+    return [lp[i, :len(s.completion_ids)].tolist() for i, s in enumerate(samples)]
 
 
-@pytest.fixture(scope="module")
-def prompts():
-    tok = build_tokenizer()
-    return [tok(p)["input_ids"] for p in PROMPTS]
+def max_err(a: list[list[float]], b: list[list[float]]) -> float:
+    assert [len(x) for x in a] == [len(y) for y in b], "different completion lengths"
+    return max((abs(u - v) for x, y in zip(a, b) for u, v in zip(x, y)), default=0.0)
 
 
-@pytest.fixture(scope="module")
-def trainer_model(model_dir):
+def tokens(samples) -> list[list[int]]:
+    return [s.completion_ids for s in samples]
+
+
+def lps(samples) -> list[list[float]]:
+    return [s.logprobs for s in samples]
+
+
+def check_samples(samples, prompts, version: int, eos_id: int, max_new: int) -> None:
+    """Contract of `Sample`: prompt echoed, one log-prob and version per token, EOS <=> 'stop', EOS only last."""
+    assert [s.prompt_ids for s in samples] == [list(p) for p in prompts]
+    for s in samples:
+        n = len(s.completion_ids)
+        assert 0 < n <= max_new and len(s.logprobs) == n and s.versions == [version] * n
+        assert all(lp <= 0 for lp in s.logprobs)
+        assert eos_id not in s.completion_ids[:-1]
+        assert s.finish_reason == ("stop" if s.completion_ids[-1] == eos_id else "length")
+        assert s.finish_reason == "stop" or n == max_new
+
+
+# --- the trainer's recompute -------------------------------------------------------------------------------------
+def test_policy_logprobs_is_unaffected_by_left_padding(base_model):
+    """A row scored alone equals the same row inside a left/right-padded batch (positions count real tokens)."""
+    prompts, completions = [[5, 6, 7, 8, 9, 10], [11, 12]], [[13, 14, 15], [16]]
+    ids, attn, P = left_pad(prompts, completions, pad_id=0)
+    assert ids.tolist()[1] == [0, 0, 0, 0, 11, 12, 16, 0, 0] and P == 6
+    with torch.no_grad():
+        batched = policy_logprobs(base_model, ids, attn, P, 0.7)  # [2, 3]
+        for i, (p, c) in enumerate(zip(prompts, completions)):
+            x = torch.tensor([p + c])
+            alone = policy_logprobs(base_model, x, torch.ones_like(x), len(p), 0.7)[0]  # [len(c)]
+            # by hand: log_softmax(logits / T) at the position before each completion token
+            logits = base_model(input_ids=x).logits[0, len(p) - 1:-1] / 0.7  # [len(c), V]
+            by_hand = torch.log_softmax(logits, -1)[torch.arange(len(c)), torch.tensor(c)]
+            assert torch.allclose(alone, by_hand, atol=1e-6)
+            assert torch.allclose(batched[i, :len(c)], alone, atol=1e-5)
+
+
+# --- HF engine (no vLLM needed) ----------------------------------------------------------------------------------
+def test_hf_engine_matches_recompute_greedy_and_sampled(model_dir, prompts, base_model, tokenizer):
+    e = make_engine("hf", str(model_dir), seed=0, max_batch=3)  # chunks of 3: padding differs per chunk
+    greedy = e.generate(prompts, GREEDY)
+    check_samples(greedy, prompts, 0, tokenizer.eos_token_id, 12)
+    assert max_err(lps(greedy), recompute(base_model, greedy, 0.0)) < TOL
+    for T in (1.0, 0.7):
+        sp = SamplingParams(max_new_tokens=10, temperature=T, seed=1)
+        out = e.generate(prompts, sp)
+        check_samples(out, prompts, 0, tokenizer.eos_token_id, 10)
+        assert max_err(lps(out), recompute(base_model, out, T)) < TOL, f"behaviour log-probs at T={T}"
+        assert tokens(e.generate(prompts, sp)) == tokens(out), "same seed must reproduce"
+    assert max_err(lps(out), recompute(base_model, out, 1.0)) > 1e-2, "temperature ignored"
+    assert tokens(e.generate(prompts, SamplingParams(max_new_tokens=10, temperature=0.7, seed=2))) != tokens(out)
+    assert max_err(e.score(prompts, tokens(out), 1.0), recompute(base_model, out, 1.0)) < TOL
+
+
+def test_hf_top_p_logprobs_are_of_the_renormalised_nucleus(model_dir, prompts, base_model):
+    e = make_engine("hf", str(model_dir), seed=0)
+    out = e.generate(prompts, SamplingParams(max_new_tokens=8, temperature=1.0, top_p=0.3, seed=4))
+    full = recompute(base_model, out, 1.0)
+    # the nucleus holds mass >= 0.3, so renormalising raises each log-prob by at most -log(0.3); some rise
+    gain = [u - v for x, y in zip(lps(out), full) for u, v in zip(x, y)]
+    assert all(-1e-5 <= g <= -torch.log(torch.tensor(0.3)).item() + 1e-5 for g in gain) and max(gain) > 1e-3
+
+
+def test_hf_update_weights(model_dir, prompts, trained_model, base_model):
+    e = make_engine("hf", str(model_dir), seed=0)
+    before = e.generate(prompts, GREEDY)
+    e.update_weights(trained_model.state_dict().items(), version=4)
+    after = e.generate(prompts, GREEDY)
+    assert all(s.versions == [4] * len(s.completion_ids) for s in after)
+    assert tokens(after) != tokens(before)
+    assert max_err(lps(after), recompute(trained_model, after, 0.0)) < TOL
+    with pytest.raises(KeyError, match="no parameter 'nope.weight'"):
+        e.update_weights([("nope.weight", torch.zeros(1))], version=5)
+    with pytest.raises(ValueError, match="has shape"):
+        e.update_weights([("model.norm.weight", torch.zeros(3))], version=5)
+    e.update_weights(base_model.state_dict().items(), version=6)  # back to the start
+    assert tokens(e.generate(prompts, GREEDY)) == tokens(before)
+
+
+def test_hf_lora_matches_peft_recompute(model_dir, prompts, lora_dir, base_model):
+    from peft import PeftModel
+
+    plain = make_engine("hf", str(model_dir)).generate(prompts, GREEDY)
+    e = make_engine("hf", str(model_dir), lora=str(lora_dir))
+    out = e.generate(prompts, GREEDY)
+    assert tokens(out) != tokens(plain), "the adapter has no effect"
+    peft_model = PeftModel.from_pretrained(load_fresh(model_dir), lora_dir).eval()
+    assert max_err(lps(out), recompute(peft_model, out, 0.0)) < TOL
+    e.update_weights(base_model.state_dict().items(), version=1)  # a full update drops the adapter
+    assert tokens(e.generate(prompts, GREEDY)) == tokens(plain)
+    e.load_lora(str(lora_dir), version=2)
+    again = e.generate(prompts, GREEDY)
+    assert tokens(again) == tokens(out) and again[0].versions[0] == 2
+
+
+def load_fresh(model_dir):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
 
-def perturbed_state(model_dir, seed=5, scale=0.5):
-    from transformers import AutoModelForCausalLM
-
-    m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale * p.std().clamp(min=1e-3))
-    return m
+def test_make_engine_options(model_dir):
+    with pytest.raises(ValueError, match="unknown engine 'sglang'"):
+        make_engine("sglang", str(model_dir))
+    make_engine("hf", str(model_dir), max_model_len=64, gpu_memory_utilization=0.5)  # vLLM-only options: ignored
+    with pytest.raises(TypeError):
+        make_engine("hf", str(model_dir), max_batchh=4)
 
 
-def recompute(model, samples, temperature):
-    b = collate(samples, torch.zeros(len(samples)), torch.zeros(len(samples)), torch.zeros(len(samples)), pad_id=0)
-    with torch.no_grad():
-        lp = policy_logprobs(model, b.input_ids, b.attention_mask, b.prompt_len, temperature)
-    return [lp[i, :len(s.completion_ids)].tolist() for i, s in enumerate(samples)]
+# --- vLLM vs HF vs the trainer -----------------------------------------------------------------------------------
+@pytest.mark.vllm
+def test_greedy_parity_before_and_after_weight_update(vllm_pool, model_dir, prompts, base_model, trained_model, tokenizer):
+    engines = {"vllm": vllm_pool.get(), "hf": make_engine("hf", str(model_dir), seed=0)}
+    try:
+        before = {k: e.generate(prompts, GREEDY) for k, e in engines.items()}
+        after = {}
+        for k, e in engines.items():
+            e.update_weights(trained_model.state_dict().items(), version=7)
+            after[k] = e.generate(prompts, GREEDY)
+        scored = {k: e.score(prompts, tokens(after[k]), 1.0) for k, e in engines.items()}
+    finally:
+        engines["vllm"].update_weights(base_model.state_dict().items(), version=0)  # leave it as loaded
+    for when, out, model, version in [("before", before, base_model, 0), ("after", after, trained_model, 7)]:
+        for k in engines:
+            check_samples(out[k], prompts, version, tokenizer.eos_token_id, 12)
+        assert tokens(out["hf"]) == tokens(out["vllm"]), f"greedy tokens differ {when} the update"
+        assert max_err(lps(out["hf"]), lps(out["vllm"])) < TOL, f"hf vs vllm {when}"
+        assert max_err(lps(out["vllm"]), recompute(model, out["vllm"], 0.0)) < TOL, f"vllm vs trainer {when}"
+        assert max_err(lps(out["hf"]), recompute(model, out["hf"], 0.0)) < TOL, f"hf vs trainer {when}"
+    assert tokens(after["vllm"]) != tokens(before["vllm"]), "the update changed nothing: this test could not fail"
+    assert {s.finish_reason for s in after["vllm"]} == {"stop", "length"}, "EOS handling not exercised"
+    for k in engines:  # the weight-sync probe path
+        assert max_err(scored[k], recompute(trained_model, after[k], 1.0)) < TOL, f"{k} score()"
 
 
-def assert_close(a, b, what):
-    for i, (x, y) in enumerate(zip(a, b)):
-        assert len(x) == len(y), (what, i)
-        if x:
-            err = max(abs(u - v) for u, v in zip(x, y))
-            assert err < TOL, f"{what}: sample {i} log-prob mismatch {err:.2e}"
-
-
-def engines(model_dir):
-    out = {"hf": make_engine("hf", str(model_dir), seed=0)}
-    if HAS_VLLM:
-        out["vllm"] = make_engine("vllm", str(model_dir), seed=0, max_model_len=128)
-    return out
-
-
-@pytest.fixture(scope="module")
-def all_engines(model_dir):
-    es = engines(model_dir)
-    yield es
-    for e in es.values():
-        e.close()
-
-
-GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)
-
-
-def test_greedy_parity_before_and_after_weight_update(all_engines, prompts, trainer_model, model_dir):
-    if not HAS_VLLM:
-        pytest.skip("vllm not installed: only the HF engine vs recompute is checked")
-    outs = {k: e.generate(prompts, GREEDY) for k, e in all_engines.items()}
-    assert [s.completion_ids for s in outs["hf"]] == [s.completion_ids for s in outs["vllm"]]
-    assert_close([s.logprobs for s in outs["hf"]], [s.logprobs for s in outs["vllm"]], "hf vs vllm")
-    assert_close([s.logprobs for s in outs["hf"]], recompute(trainer_model, outs["hf"], 0.0), "hf vs trainer")
-
-    new = perturbed_state(model_dir)
-    for v, e in enumerate(all_engines.values(), start=1):
-        e.update_weights(new.state_dict().items(), version=7)
-    after = {k: e.generate(prompts, GREEDY) for k, e in all_engines.items()}
-    changed = any(abs(a - b) > 1e-2 for s, t in zip(after["hf"], outs["hf"]) for a, b in zip(s.logprobs, t.logprobs))
-    assert changed or [s.completion_ids for s in after["hf"]] != [s.completion_ids for s in outs["hf"]], "no effect"
-    assert [s.completion_ids for s in after["hf"]] == [s.completion_ids for s in after["vllm"]]
-    assert_close([s.logprobs for s in after["hf"]], [s.logprobs for s in after["vllm"]], "hf vs vllm after update")
-    assert_close([s.logprobs for s in after["vllm"]], recompute(new.eval(), after["vllm"], 0.0), "vllm vs trainer after")
-    assert all(s.versions == [7] * len(s.completion_ids) for s in after["vllm"] + after["hf"])
-    # engines' own scoring path (the weight-sync probe) agrees with the trainer too
-    for k, e in all_engines.items():
-        scored = e.score([s.prompt_ids for s in after[k]], [s.completion_ids for s in after[k]], 1.0)
-        assert_close(scored, recompute(new, after[k], 1.0), f"{k} score()")
-
-
-@pytest.mark.parametrize("kind", ["hf", "vllm"])
-def test_sampled_logprobs_are_post_temperature(all_engines, prompts, model_dir, kind):
-    if kind not in all_engines:
-        pytest.skip("vllm not installed")
-    e = all_engines[kind]
-    weights = perturbed_state(model_dir, seed=9).eval()
-    e.update_weights(weights.state_dict().items(), version=3)
-    sp = SamplingParams(max_new_tokens=10, temperature=0.7, seed=3)
+@pytest.mark.vllm
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_vllm_sampled_logprobs_match_recompute(vllm_pool, prompts, base_model, tokenizer, temperature):
+    e = vllm_pool.get()
+    sp = SamplingParams(max_new_tokens=10, temperature=temperature, seed=3)
     out = e.generate(prompts * 2, sp)
-    assert out[0].completion_ids
-    assert_close([s.logprobs for s in out], recompute(weights, out, 0.7), f"{kind} behaviour vs trainer at T=0.7")
-    at_t1 = recompute(weights, out, 1.0)
-    assert any(abs(a - b) > 1e-3 for s, r in zip(out, at_t1) for a, b in zip(s.logprobs, r)), "temperature ignored"
-    again = e.generate(prompts * 2, sp)
-    assert [s.completion_ids for s in again] == [s.completion_ids for s in out], "same seed must reproduce"
+    check_samples(out, prompts * 2, e.version, tokenizer.eos_token_id, 10)
+    assert max_err(lps(out), recompute(base_model, out, temperature)) < TOL
+    assert tokens(e.generate(prompts * 2, sp)) == tokens(out), "same seed must reproduce"
+    n = len(prompts)
+    assert tokens(out[:n]) != tokens(out[n:]), "repeated prompts must get different samples"
+    if temperature != 1.0:
+        assert max_err(lps(out), recompute(base_model, out, 1.0)) > 1e-2, "temperature ignored"
+        with pytest.raises(ValueError, match="only temperature 1"):
+            e.score(prompts, tokens(out), temperature)
 
 
-def test_hf_engine_matches_trainer_recompute_at_temperature(model_dir, prompts, trainer_model):
-    e = make_engine("hf", str(model_dir), seed=0)
-    out = e.generate(prompts, SamplingParams(max_new_tokens=10, temperature=1.3, seed=1))
-    assert_close([s.logprobs for s in out], recompute(trainer_model, out, 1.3), "hf sampled vs trainer")
-    assert all(s.finish_reason in ("stop", "length") for s in out)
+@pytest.mark.vllm
+def test_vllm_update_weights_rejects_bad_tensors(vllm_pool):
+    e = vllm_pool.get()
+    with pytest.raises(KeyError, match="no parameter 'base_model.model.x.weight'.*merge LoRA"):
+        e.update_weights([("base_model.model.x.weight", torch.zeros(1))], version=1)
+    with pytest.raises(ValueError, match="has shape"):
+        e.update_weights([("model.norm.weight", torch.zeros(3))], version=1)
+    assert e.version == 0
 
 
-def test_update_weights_rejects_unknown_names(model_dir):
-    e = make_engine("hf", str(model_dir))
-    with pytest.raises(KeyError, match="no parameter 'nope.weight'"):
-        e.update_weights([("nope.weight", torch.zeros(1))], version=1)
+@pytest.mark.vllm
+def test_lora_same_greedy_output_in_both_engines(vllm_pool, model_dir, prompts, lora_dir, base_model):
+    hf = make_engine("hf", str(model_dir), lora=str(lora_dir))
+    v = vllm_pool.get(lora=True)
+    plain = v.generate(prompts, GREEDY)
+    v.load_lora(str(lora_dir), version=1)
+    out_v, out_hf = v.generate(prompts, GREEDY), hf.generate(prompts, GREEDY)
+    assert tokens(out_v) != tokens(plain), "the adapter has no effect"
+    assert tokens(out_v) == tokens(out_hf)
+    assert max_err(lps(out_v), lps(out_hf)) < TOL
+    assert max_err(v.score(prompts, tokens(out_v), 1.0), hf.score(prompts, tokens(out_v), 1.0)) < TOL
+    v.update_weights(base_model.state_dict().items(), version=2)  # a full update drops the adapter
+    assert tokens(v.generate(prompts, GREEDY)) == tokens(plain)

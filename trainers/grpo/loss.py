@@ -1,107 +1,199 @@
 """GRPO-family policy losses, registered by name, and the loss aggregation modes. Pure functions.
+Formulas: ALGORITHMS.md section 6. Shapes: B samples, L completion tokens.
 
-`policy_loss(inputs, cfg, name)` = off-policy correction (trainers/offpolicy.py) -> per-token loss from the
-registered policy loss -> optional k3 KL to the reference -> aggregation. Shapes: B samples, L completion tokens.
+`policy_loss(inputs, cfg, name)`, every lookup through a registry:
+1. off-policy correction `OFFPOLICY[cfg.offpolicy]` (trainers/offpolicy.py) -> detached weights [B,L], keep [B,L];
+2. per-token loss `POLICY_LOSSES[name](inputs with response_mask=keep, cfg)` -> [B,L] and its metrics;
+3. pg = aggregate(weights * per-token loss, ...), plus kl_coef * aggregate(k3(ref, current), ...).
+
+Normalisers depend only on `response_mask`, B and `max_len`, never on the tokens a correction drops: a dropped
+token adds 0 to the numerator but still counts in the denominator (as in AReaL's `ppo_actor_loss_fn`). So a
+micro-batch's share of the full-batch loss is known up front (its tokens for token_mean, its sequences otherwise),
+which `trainers/grpo/trainer.py::update` relies on to make gradient accumulation exact. A sequence with no
+response tokens counts as 0 in the seq-mean modes (the 1/G of GRPO).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from rl.registry import Registry
+from rl.registry import Registry, did_you_mean
 from trainers.offpolicy import OFFPOLICY
 
 POLICY_LOSSES: Registry = Registry("policy loss")
+AGG_MODES = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossInputs:
-    logprobs: torch.Tensor  # [B, L] current policy (requires grad)
-    old_logprobs: torch.Tensor  # [B, L] old / proximal policy (the PPO ratio's denominator)
-    behav_logprobs: torch.Tensor  # [B, L] rollout engine (behaviour policy)
-    advantages: torch.Tensor  # [B]
-    response_mask: torch.Tensor  # [B, L] float
-    ref_logprobs: torch.Tensor | None = None  # [B, L] reference model, for the KL penalty
+    """Per-token log-probs of the sampled completion tokens under three policies, plus advantages. Shapes are
+    checked on construction."""
+
+    logprobs: torch.Tensor  # [B, L] current policy pi_theta (requires grad)
+    old_logprobs: torch.Tensor  # [B, L] old / proximal policy: recomputed at step start, or behav_logprobs for one epoch
+    behav_logprobs: torch.Tensor  # [B, L] behaviour policy (the rollout engine)
+    advantages: torch.Tensor  # [B] one per sequence, broadcast over its tokens
+    response_mask: torch.Tensor  # [B, L] float, 1 for tokens that count in the loss
+    ref_logprobs: torch.Tensor | None = None  # [B, L] reference policy, for the KL penalty
+
+    def __post_init__(self):
+        if self.logprobs.dim() != 2:
+            raise ValueError(f"logprobs must be [B, L], got shape {tuple(self.logprobs.shape)}")
+        B, L = self.logprobs.shape
+        for name in ("old_logprobs", "behav_logprobs", "response_mask", "ref_logprobs"):
+            t = getattr(self, name)
+            if t is not None and tuple(t.shape) != (B, L):
+                raise ValueError(f"{name} must be [B, L] = {(B, L)} like logprobs, got {tuple(t.shape)}")
+        if tuple(self.advantages.shape) != (B,):
+            raise ValueError(f"advantages must be [B] = ({B},), got {tuple(self.advantages.shape)}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossConfig:
+    """Policy-loss settings. Validated on construction (unknown names fail with a suggestion)."""
+
     clip_low: float = 0.2
+    """epsilon_low: the ratio is clipped below at 1 - clip_low."""
     clip_high: float = 0.2
+    """epsilon_high: the ratio is clipped above at 1 + clip_high (DAPO clip-higher: 0.28)."""
     dual_clip_c: float | None = None
+    """Dual clip (Ye et al. 2020; verl `clip_ratio_c`, 3.0): for A < 0 the per-token loss is capped at -c A.
+    None disables it. Must be > 1."""
     agg: str = "seq_mean_token_mean"
+    """Aggregation: seq_mean_token_mean (GRPO), token_mean (DAPO), seq_mean_token_sum_norm (Dr. GRPO)."""
     max_len: int | None = None
+    """Constant normaliser of seq_mean_token_sum_norm (the max completion length); required by that mode."""
     kl_coef: float = 0.0
+    """beta of the k3 KL penalty to the reference policy (GRPO 0.04; DAPO and Dr. GRPO 0). Needs ref_logprobs."""
     offpolicy: str = "none"
+    """Off-policy correction registered in trainers/offpolicy.py: none, tis_token, tis_seq, mask, decoupled."""
     is_cap: float = 2.0
-    mask_low: float = 0.5
-    mask_high: float = 2.0
+    """TIS truncation C: weights are min(ratio, C) (verl default 2.0)."""
+    mask_low: float = 0.125
+    """`mask`: drop tokens whose pi_old / pi_behav is below this (prime-rl token_mask_low; default [UNVERIFIED])."""
+    mask_high: float = 8.0
+    """`mask`: drop tokens whose pi_old / pi_behav is above this (prime-rl token_mask_high; default [UNVERIFIED])."""
     behav_weight_cap: float | None = None
+    """`decoupled`: drop tokens whose pi_prox / pi_behav exceeds this (AReaL `behav_imp_weight_cap`); None keeps all."""
+
+    def __post_init__(self):
+        if not 0 <= self.clip_low < 1:
+            raise ValueError(f"clip_low must be in [0, 1), got {self.clip_low}")
+        if self.clip_high < 0:
+            raise ValueError(f"clip_high must be >= 0, got {self.clip_high}")
+        if self.dual_clip_c is not None and self.dual_clip_c <= 1:
+            raise ValueError(f"dual_clip_c must be > 1 or None, got {self.dual_clip_c}")
+        if self.agg not in AGG_MODES:
+            raise ValueError(f"unknown loss aggregation '{self.agg}'{did_you_mean(self.agg, AGG_MODES)}; "
+                             f"known: {', '.join(AGG_MODES)}")
+        if self.max_len is not None and self.max_len < 1:
+            raise ValueError(f"max_len must be >= 1 or None, got {self.max_len}")
+        if self.agg == "seq_mean_token_sum_norm" and self.max_len is None:
+            raise ValueError("agg 'seq_mean_token_sum_norm' needs max_len (the constant normaliser)")
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        OFFPOLICY.get(self.offpolicy)  # KeyError with a suggestion for an unknown name
+        if self.is_cap <= 0:
+            raise ValueError(f"is_cap must be > 0, got {self.is_cap}")
+        if not 0 <= self.mask_low <= 1 <= self.mask_high:
+            raise ValueError(f"need 0 <= mask_low <= 1 <= mask_high, got {self.mask_low}, {self.mask_high}")
+        if self.behav_weight_cap is not None and self.behav_weight_cap <= 0:
+            raise ValueError(f"behav_weight_cap must be > 0 or None, got {self.behav_weight_cap}")
 
 
 def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str, max_len: int | None = None) -> torch.Tensor:
-    """token_mean (DAPO): sum / number of tokens. seq_mean_token_mean (GRPO): mean over each sequence's tokens,
-    then over sequences. seq_mean_token_sum_norm (Dr. GRPO): each sequence's sum / max_len, mean over sequences."""
+    """Reduce a per-token loss [B, L] to a scalar over the tokens where mask > 0 (values elsewhere are ignored).
+
+    - token_mean (DAPO): sum over all tokens / number of tokens.
+    - seq_mean_token_mean (GRPO, DeepSeekMath): each sequence's token mean, then the mean over the B sequences.
+    - seq_mean_token_sum_norm (Dr. GRPO; verl `loss_agg_mode`): each sequence's token sum / max_len (a constant),
+      then the mean over the B sequences."""
+    m = mask > 0  # [B, L]
+    masked = torch.where(m, loss_mat, torch.zeros_like(loss_mat))  # [B, L]
     if mode == "token_mean":
-        return (loss_mat * mask).sum() / mask.sum().clamp(min=1)
+        return masked.sum() / m.sum().clamp(min=1)
     if mode == "seq_mean_token_mean":
-        per_seq = (loss_mat * mask).sum(1) / mask.sum(1).clamp(min=1)  # [B]
-        return per_seq.mean()
+        return (masked.sum(dim=1) / m.sum(dim=1).clamp(min=1)).mean()  # mean of [B]
     if mode == "seq_mean_token_sum_norm":
-        norm = max_len if max_len else loss_mat.shape[1]
-        return ((loss_mat * mask).sum(1) / norm).mean()
-    raise ValueError(f"unknown loss aggregation '{mode}'")
+        if max_len is None:
+            raise ValueError("aggregation 'seq_mean_token_sum_norm' needs max_len (the constant normaliser)")
+        return (masked.sum(dim=1) / max_len).mean()  # mean of [B]
+    raise ValueError(f"unknown loss aggregation '{mode}'{did_you_mean(mode, AGG_MODES)}; known: {', '.join(AGG_MODES)}")
 
 
 def k3(ref_logprobs: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator of KL(pi || ref): exp(ref - cur) - (ref - cur) - 1 (>= 0, unbiased)."""
-    d = ref_logprobs - logprobs
-    return d.exp() - d - 1
+    """Schulman's k3 estimator of KL(pi || ref) for tokens sampled from pi (DeepSeekMath eq. 4):
+    exp(ref - cur) - (ref - cur) - 1, per token, >= 0."""
+    d = ref_logprobs - logprobs  # [B, L]
+    return d.exp() - d - 1  # [B, L]
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    m = mask > 0  # [B, L]
+    return torch.where(m, x.float(), torch.zeros((), device=x.device)).sum().item() / max(m.sum().item(), 1)
 
 
 @POLICY_LOSSES.register("ppo_clip")
-def ppo_clip(inputs: LossInputs, cfg: LossConfig):
-    """Per-token -min(ratio A, clip(ratio, 1-eps_low, 1+eps_high) A), ratio = pi / pi_old; optional dual clip
-    (for A < 0 the loss is capped at -c A). Returns ([B, L] loss, [B, L] clipped indicator)."""
+def ppo_clip(inputs: LossInputs, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO clipped surrogate per token (Schulman et al. 2017; GRPO/DAPO as in verl `compute_policy_loss`):
+    ratio = pi_theta / pi_old, loss = -min(ratio A, clip(ratio, 1 - clip_low, 1 + clip_high) A), and with dual clip
+    min(that, -c A) for A < 0. Returns the [B, L] loss and "actor/clipfrac" (tokens where the clipped term binds)
+    and "actor/clipfrac_dual" (tokens capped by the dual clip), over response tokens."""
+    mask = inputs.response_mask > 0  # [B, L]
     adv = inputs.advantages[:, None]  # [B, 1]
-    ratio = (inputs.logprobs - inputs.old_logprobs).exp()  # [B, L]
-    pg1 = -ratio * adv
-    pg2 = -ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high) * adv
+    diff = inputs.logprobs - inputs.old_logprobs  # [B, L]
+    log_ratio = torch.where(mask, diff, torch.zeros_like(diff))  # [B, L] padding -> ratio 1, never inf
+    ratio = log_ratio.exp()  # [B, L]
+    pg1 = -adv * ratio  # [B, L]
+    pg2 = -adv * ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high)  # [B, L]
     loss = torch.maximum(pg1, pg2)  # [B, L]
-    clipped = (pg2 > pg1).float()
+    clipped = pg2 > pg1  # [B, L]
+    dual = torch.zeros_like(clipped)  # [B, L]
     if cfg.dual_clip_c is not None:
-        pg3 = -cfg.dual_clip_c * adv
-        dual = (adv < 0) & (loss > pg3)
-        loss = torch.where(dual, pg3.expand_as(loss), loss)
-        clipped = torch.maximum(clipped, dual.float())
-    return loss, clipped
+        pg3 = -adv * cfg.dual_clip_c  # [B, 1]
+        dual = (adv < 0) & (loss > pg3)  # [B, L]
+        loss = torch.where(dual, pg3, loss)  # [B, L]
+    return loss, {"actor/clipfrac": _masked_mean(clipped, mask), "actor/clipfrac_dual": _masked_mean(dual, mask)}
 
 
 @POLICY_LOSSES.register("reinforce")
-def reinforce(inputs: LossInputs, cfg: LossConfig):
-    """-A log pi (no ratio, no clip)."""
-    return -inputs.advantages[:, None] * inputs.logprobs, torch.zeros_like(inputs.logprobs)
+def reinforce(inputs: LossInputs, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Vanilla policy gradient (Williams 1992): -A log pi_theta per token, no ratio and no clipping (on-policy;
+    `policy_loss` still applies the off-policy weights). Reports "actor/clipfrac" 0."""
+    loss = -inputs.advantages[:, None] * inputs.logprobs  # [B, L]
+    return loss, {"actor/clipfrac": 0.0}
 
 
-def policy_loss(inputs: LossInputs, cfg: LossConfig, name: str = "ppo_clip"):
-    """The full loss (scalar) and metrics: correction weights x policy loss + kl_coef x k3, aggregated."""
-    weights, keep, metrics = OFFPOLICY.get(cfg.offpolicy)(inputs.old_logprobs, inputs.behav_logprobs, inputs.response_mask, cfg)
-    pg_mat, clipped = POLICY_LOSSES.get(name)(inputs, cfg)  # [B, L] each
-    pg = aggregate(pg_mat * weights, keep, cfg.agg, cfg.max_len)
+def policy_loss(inputs: LossInputs, cfg: LossConfig, name: str = "ppo_clip") -> tuple[torch.Tensor, dict[str, float]]:
+    """Scalar loss and metrics: off-policy weights x registered per-token loss, + kl_coef x k3 KL, aggregated with
+    `cfg.agg` (see the module docstring for what dropped tokens do to the normaliser).
+
+    Metrics: "loss/pg", "loss/kl" (aggregated k3, before kl_coef), "loss/total", the loss's own ("actor/clipfrac",
+    ...), "actor/ratio_mean" (pi_theta / pi_old) and "actor/approx_kl" (k3 estimate of KL(pi_old || pi_theta):
+    (r - 1) - log r with r = pi_theta / pi_old, as CleanRL), both masked means over kept tokens, and the
+    correction's "offpolicy/*"."""
+    weights, keep, metrics = OFFPOLICY.get(cfg.offpolicy)(inputs.old_logprobs, inputs.behav_logprobs,
+                                                          inputs.response_mask, cfg)  # [B, L] each
+    kept = replace(inputs, response_mask=keep)
+    pg_mat, loss_metrics = POLICY_LOSSES.get(name)(kept, cfg)  # [B, L]
+    keep_b = keep > 0  # [B, L]
+    weighted = torch.where(keep_b, pg_mat * weights, torch.zeros_like(pg_mat))  # [B, L] dropped tokens add 0
+    pg = aggregate(weighted, inputs.response_mask, cfg.agg, cfg.max_len)
+    kl = torch.zeros((), device=pg.device)
     loss = pg
-    kl = torch.zeros(())
     if cfg.kl_coef > 0:
         if inputs.ref_logprobs is None:
-            raise ValueError("kl_coef > 0 needs ref_logprobs")
-        kl = aggregate(k3(inputs.ref_logprobs, inputs.logprobs), keep, cfg.agg, cfg.max_len)
+            raise ValueError("kl_coef > 0 needs ref_logprobs in LossInputs")
+        kl_mat = k3(inputs.ref_logprobs, inputs.logprobs)  # [B, L]
+        kl = aggregate(torch.where(keep_b, kl_mat, torch.zeros_like(kl_mat)), inputs.response_mask, cfg.agg,
+                       cfg.max_len)
         loss = pg + cfg.kl_coef * kl
     with torch.no_grad():
-        m = inputs.response_mask
-        n = m.sum().clamp(min=1)
-        log_r = inputs.logprobs - inputs.old_logprobs
+        diff = inputs.logprobs - inputs.old_logprobs  # [B, L]
+        log_r = torch.where(keep_b, diff, torch.zeros_like(diff))  # [B, L]
+        metrics.update(loss_metrics)
         metrics.update({"loss/pg": pg.item(), "loss/kl": kl.item(), "loss/total": loss.item(),
-                        "actor/clipfrac": (clipped * m).sum().item() / n.item(),
-                        "actor/ratio_mean": (log_r.exp() * m).sum().item() / n.item(),
-                        "actor/approx_kl": (k3(inputs.old_logprobs, inputs.logprobs) * m).sum().item() / n.item()})
+                        "actor/ratio_mean": _masked_mean(log_r.exp(), keep),
+                        "actor/approx_kl": _masked_mean(log_r.exp() - 1 - log_r, keep)})
     return loss, metrics
