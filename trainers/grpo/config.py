@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from rl.cluster import ClusterConfig
 from rl.config import JobConfig, Section
 
 
@@ -65,6 +66,9 @@ class RolloutConfig(Section):
     """Sampling temperature for training rollouts (behaviour log-probs are post-temperature)."""
     top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus sampling; keep 1.0 unless you accept the biased log-probs it implies."""
+    prompts_per_task: int | None = Field(None, ge=1)
+    """Prompts per rollout-worker call (each with its G samples). None: prompts_per_step / cluster.rollout_workers,
+    rounded up. Smaller tasks let fresh weights reach generation sooner and spread work across workers."""
     max_batch: int = Field(256, ge=1)
     """Largest batch the engine generates at once."""
     vllm: VLLMConfig = VLLMConfig()
@@ -141,7 +145,12 @@ class GRPOConfig(JobConfig):
     max_steps: int = Field(100, ge=1)
     """Training steps (one rollout batch and `ppo_epochs` optimizer steps each)."""
     max_staleness: int = Field(0, ge=0)
-    """How many policy versions generation may run ahead of training (0: synchronous on-policy)."""
+    """How many policy versions generation may run ahead of training (0: synchronous on-policy). Generation is
+    paced, never dropped: a sample made by policy version v is trained on by step v + max_staleness + 1 at the
+    latest. Above 0 the trainer recomputes the proximal (old) log-probs, so `trainer.offpolicy` has something to
+    correct (decoupled PPO, TIS or masking)."""
+    cluster: ClusterConfig = ClusterConfig()
+    """Where rollout workers run (Ray actors or in process) and how many."""
     model: ModelConfig = ModelConfig()
     """Policy model."""
     data: DataConfig = DataConfig()

@@ -6,8 +6,10 @@ Every sample carries its behaviour log-probs and policy versions, so off-policy 
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +18,10 @@ import torch
 
 from rewards import RewardSet, RewardSpec
 from rl.errors import OrchardError, WeightSyncError
-from rl.rundir import RunDir
+from rl.rundir import RunDir, atomic_write_text
 from rl.seeding import rng_state, seed_everything, set_rng_state
 from rl.zoo import resolve_model_path
-from rollout.engine import make_engine, policy_logprobs
+from rollout.engine import policy_logprobs
 from rollout.types import RolloutBatch, Sample, SamplingParams
 from trainers.advantages import ADVANTAGES, zero_std_groups
 from trainers.grpo.batch import PromptSampler, collate
@@ -115,7 +117,7 @@ def score(reward_set: RewardSet, rows: list[dict], G: int, completions: list[str
     return reward_set([r["prompt"] for r in expanded], completions, columns)
 
 
-def update(policy: Policy, batch: RolloutBatch, cfg: GRPOConfig, loss_cfg: LossConfig) -> dict:
+def update(policy: Policy, batch: RolloutBatch, cfg: GRPOConfig, loss_cfg: LossConfig, recompute: bool = False) -> dict:
     """`ppo_epochs` optimizer steps over the batch, accumulating gradients over micro-batches so that the
     result equals one full-batch step (each micro-batch's loss is weighted by its share of the aggregate)."""
     t, T = cfg.trainer, max(cfg.rollout.temperature, 1e-6)
@@ -123,7 +125,7 @@ def update(policy: Policy, batch: RolloutBatch, cfg: GRPOConfig, loss_cfg: LossC
     dev = policy.device
     with torch.no_grad():
         old = batch.behav_logprobs
-        if t.recompute_old_logprobs or t.ppo_epochs > 1:
+        if recompute or t.recompute_old_logprobs or t.ppo_epochs > 1:
             policy.model.eval()
             old = torch.cat([policy_logprobs(policy.model, mb.input_ids.to(dev), mb.attention_mask.to(dev),
                                              mb.prompt_len, T).float().cpu()
@@ -158,25 +160,25 @@ def update(policy: Policy, batch: RolloutBatch, cfg: GRPOConfig, loss_cfg: LossC
 
 
 @torch.no_grad()
-def verify_sync(engine, policy: Policy, probe: list[Sample], tol: float, step: int, engine_name: str, n_tensors: int) -> float:
-    """Score the probe batch with the trainer and the engine at T=1; raise WeightSyncError above `tol`."""
+def probe_logprobs(policy: Policy, probe: list[Sample]) -> list[list[float]]:
+    """The trainer's T=1 log-probs of the weight-sync probe's completions (what every worker must reproduce)."""
     z = torch.zeros(len(probe))
     b = collate(probe, z, z, z.long(), policy.tokenizer.pad_token_id)
     was_training = policy.model.training
     policy.model.eval()
-    ours = policy_logprobs(policy.model, b.input_ids.to(policy.device), b.attention_mask.to(policy.device), b.prompt_len, 1.0)
+    lp = policy_logprobs(policy.model, b.input_ids.to(policy.device), b.attention_mask.to(policy.device), b.prompt_len, 1.0)
     policy.model.train(was_training)
-    theirs = engine.score([s.prompt_ids for s in probe], [s.completion_ids for s in probe], 1.0)
-    err = 0.0
-    for i, (s, row) in enumerate(zip(probe, theirs)):
-        n = len(s.completion_ids)
-        if n:
-            err = max(err, (ours[i, :n].float().cpu() - torch.tensor(row)).abs().max().item())
-    if not err <= tol:
-        raise WeightSyncError(f"weight sync check failed after step {step}: rollout engine '{engine_name}' log-probs "
-                              f"differ from the trainer's by {err:.3g} > trainer.sync_check_tol={tol:g} on a probe batch "
-                              f"of {len(probe)} samples ({n_tensors} tensors synced)")
-    return err
+    return [lp[i, :len(s.completion_ids)].float().cpu().tolist() for i, s in enumerate(probe)]
+
+
+class WorkerEngine:
+    """`generate` on rollout worker 0, after everything already queued there (used for evaluation)."""
+
+    def __init__(self, controller):
+        self.controller = controller
+
+    def generate(self, prompts, sampling):
+        return self.controller.call_blocking(0, "generate", -1, prompts, sampling)["samples"]
 
 
 def _micro(batch: RolloutBatch, size: int):
@@ -226,132 +228,186 @@ def load_checkpoint(ckpt: Path, policy: Policy, sampler: PromptSampler) -> dict:
 
 
 # --- the loop ----------------------------------------------------------------------------------------------------
+def start_workers(cfg: GRPOConfig, model_dir: Path, run: RunDir):
+    """Rollout workers per `cfg.cluster` (starting a local Ray if needed). Returns (pool, ray_started)."""
+    from rl.cluster import init_ray, pin_to_core
+    from rollout.workers import WorkerPool
+
+    c, r = cfg.cluster, cfg.rollout
+    started = init_ray(c) if c.backend == "ray" else False
+    if c.pin_cpus:
+        pin_to_core(0, 1)
+    opts = {"dtype": cfg.model.dtype, "seed": cfg.seed, "max_batch": r.max_batch}
+    env = {}
+    if r.engine == "vllm":
+        opts.update(max_model_len=r.vllm.max_model_len, gpu_memory_utilization=r.vllm.gpu_memory_utilization,
+                    enforce_eager=r.vllm.enforce_eager)
+        env = {k: v for k, v in os.environ.items() if k.startswith("VLLM_")}
+    pool = WorkerPool(c.backend, c.rollout_workers, {"kind": r.engine, "model_path": str(model_dir), "engine_opts": opts},
+                      cpus_per_worker=c.cpus_per_worker, gpus_per_worker=c.gpus_per_worker, pin_cpus=c.pin_cpus,
+                      env_vars=env)
+    return pool, started
+
+
+def staleness_metrics(batch: RolloutBatch, step: int, max_staleness: int) -> dict:
+    """How many policy versions behind the trainer (version step - 1) the batch's samples were generated."""
+    mask = batch.response_mask > 0  # [B, L]
+    if not mask.any():
+        return {"offpolicy/staleness_mean": 0.0, "offpolicy/staleness_max": 0.0}
+    tok_stale = (step - 1) - batch.versions[mask].float()  # per token
+    oldest = torch.where(mask, batch.versions, torch.full_like(batch.versions, 2**31 - 1)).min(dim=1).values
+    seq_stale = ((step - 1) - oldest[mask.any(dim=1)]).long()  # per sample: its oldest token
+    m = {"offpolicy/staleness_mean": tok_stale.mean().item(), "offpolicy/staleness_max": float(seq_stale.max())}
+    for k in range(max_staleness + 1):
+        m[f"offpolicy/staleness_frac_{k}"] = (seq_stale == k).float().mean().item()
+    return m
+
+
 def train(cfg: GRPOConfig, run: RunDir) -> dict:
     from envs.datasets import load_prompts
     from rl.progress import Tracker
+    from rollout.controller import RolloutController
+    from rollout.types import SamplingParams
 
     t_start = time.time()
     seed_everything(cfg.seed)
     model_dir = resolve_model_path(cfg.model.path)
     policy = build_policy(cfg, model_dir)
     tok = policy.tokenizer
-    d = cfg.data
+    d, r, t, c = cfg.data, cfg.rollout, cfg.trainer, cfg.cluster
     train_rows = load_prompts(d.name, "train", d.train_size, cfg.seed, d.prompt_key, d.answer_key)
     eval_rows = load_prompts(d.name, "test", d.eval_size, 0, d.prompt_key, d.answer_key)  # fixed across seeds
     sampler = PromptSampler(len(train_rows), cfg.seed)
-    reward_set = RewardSet([RewardSpec(fn=r.fn, weight=r.weight, kwargs=dict(r.kwargs)) for r in cfg.reward],
+    reward_set = RewardSet([RewardSpec(fn=x.fn, weight=x.weight, kwargs=dict(x.kwargs)) for x in cfg.reward],
                            timeout_s=cfg.reward_timeout_s, on_error=cfg.on_reward_error)
-    r = cfg.rollout
-    engine = make_engine(r.engine, str(model_dir), dtype=cfg.model.dtype, seed=cfg.seed, max_batch=r.max_batch,
-                         max_model_len=r.vllm.max_model_len, gpu_memory_utilization=r.vllm.gpu_memory_utilization,
-                         enforce_eager=r.vllm.enforce_eager)
-    t = cfg.trainer
     loss_cfg = LossConfig(clip_low=t.clip_low, clip_high=t.clip_high, dual_clip_c=t.dual_clip_c, agg=t.loss_agg,
                           max_len=r.max_new_tokens, kl_coef=t.kl_coef, offpolicy=t.offpolicy, is_cap=t.is_cap)
     advantage_fn = ADVANTAGES.get(t.advantage)
+    G = r.num_generations
 
-    start_step, before = 0, None
+    def score_fn(prompt_indices: list[int], samples: list[Sample]):
+        rows = [train_rows[i] for i in prompt_indices]
+        completions = tok.batch_decode([x.completion_ids for x in samples], skip_special_tokens=True)
+        out = score(reward_set, rows, G, completions)
+        return out.rewards, out.valid, out.metrics
+
+    def write_workers(infos: list[dict]) -> None:
+        atomic_write_text(run.path / "workers.json", json.dumps(infos, indent=2))
+
+    start_step, before, ctrl_state = 0, None, None
     latest = run.latest_checkpoint()
     if latest is not None:
         state = load_checkpoint(latest[1], policy, sampler)
-        start_step, before = state["step"], state["eval_before"]
+        start_step, before, ctrl_state = state["step"], state["eval_before"], state.get("controller")
         run.truncate_metrics(start_step)
         log.info(f"resumed from {latest[1]} at step {start_step}")
-    engine.update_weights(policy.merged_state_dict().items(), version=start_step)
-    if before is None:
-        before = evaluate(engine, tok, eval_rows, cfg)["eval/accuracy"]
-        run.log_metrics(0, {"eval/accuracy": before}, tensorboard=cfg.log.tensorboard)
-    log.info(f"held-out accuracy before training: {before:.3f} ({len(eval_rows)} problems)")
 
-    tracker = Tracker(run, cfg.max_steps, start_step, progress=cfg.log.progress, tensorboard=cfg.log.tensorboard,
-                      every=cfg.log.every, show={"reward/mean": "reward", "eval/accuracy": "acc", "perf/tokens_per_s": "tok/s"},
-                      desc="grpo")
-    sampling_base = SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p)
-    last_eval = before
-    probe: list[Sample] = []  # fixed weight-sync probe: the first samples this process generates
+    pool, ray_started = start_workers(cfg, model_dir, run)
+    ctrl = None
+    tracker = None
     try:
+        ctrl = RolloutController(
+            pool, prompt_ids=[tok(row["prompt"])["input_ids"] for row in train_rows], sampler=sampler,
+            score_fn=score_fn, group_size=G, groups_per_step=r.prompts_per_step, max_staleness=cfg.max_staleness,
+            prompts_per_task=r.prompts_per_task or -(-r.prompts_per_step // c.rollout_workers),
+            sampling=SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p),
+            seed=cfg.seed, last_step=cfg.max_steps, start_version=start_step,
+            inflight_per_worker=c.max_inflight_per_worker, max_restarts=c.max_worker_restarts,
+            sync_tol=t.sync_check_tol, on_workers_changed=write_workers)
+        if ctrl_state:
+            ctrl.load_state_dict(ctrl_state)
+        ctrl.publish(policy.merged_state_dict(), start_step)
+        eval_engine = WorkerEngine(ctrl)
+        if before is None:
+            before = evaluate(eval_engine, tok, eval_rows, cfg)["eval/accuracy"]
+            run.log_metrics(0, {"eval/accuracy": before}, tensorboard=cfg.log.tensorboard)
+        log.info(f"held-out accuracy before training: {before:.3f} ({len(eval_rows)} problems)")
+
+        tracker = Tracker(run, cfg.max_steps, start_step, progress=cfg.log.progress, tensorboard=cfg.log.tensorboard,
+                          every=cfg.log.every, show={"reward/mean": "reward", "eval/accuracy": "acc",
+                                                     "perf/tokens_per_s": "tok/s"}, desc="grpo")
+        last_eval = before
+        probe: list[Sample] = []  # fixed weight-sync probe: the first samples this process generates
+        recompute = t.recompute_old_logprobs or t.ppo_epochs > 1 or cfg.max_staleness > 0
+
+        def has_signal(g) -> bool:  # DAPO dynamic sampling: a group whose rewards all agree teaches nothing
+            return not bool(zero_std_groups(g.rewards, torch.zeros(G, dtype=torch.long), g.valid).all())
+
         for step in range(start_step + 1, cfg.max_steps + 1):
             t0 = time.time()
-            # generate + score (+ DAPO dynamic sampling: keep only groups whose rewards differ)
-            samples, rewards, valid, group_ids, m = [], [], [], [], {}
-            gen_tokens, rounds, n_groups = 0, 0, 0
-            while n_groups < r.prompts_per_step:
-                rows = [train_rows[i] for i in sampler.next(r.prompts_per_step)]
-                sp = SamplingParams(**{**sampling_base.__dict__, "seed": (cfg.seed * 1_000_003 + step * 101 + rounds) % 2**31})
-                s, completions = generate(engine, tok, rows, r.num_generations, sp)
-                out = score(reward_set, rows, r.num_generations, completions)
-                gen_tokens += sum(len(x.completion_ids) for x in s)
-                gids = torch.arange(len(rows)).repeat_interleave(r.num_generations)
-                if rounds == 0:
-                    m.update(out.metrics)
-                    m["reward/mean"] = out.rewards[out.valid].mean().item() if out.valid.any() else float("nan")
-                    m["reward/std"] = out.rewards[out.valid].std().item() if out.valid.sum() > 1 else 0.0
-                    m["response/length_mean"] = sum(len(x.completion_ids) for x in s) / len(s)
-                    m["response/stop_frac"] = sum(x.finish_reason == "stop" for x in s) / len(s)
-                keep = torch.ones(len(rows), dtype=torch.bool)
-                if t.dynamic_sampling:
-                    flat = ~zero_std_groups(out.rewards, gids, out.valid)  # [B] sample in a group with signal
-                    keep = flat.view(len(rows), r.num_generations).all(dim=1)
-                for g in torch.nonzero(keep).flatten().tolist():
-                    if n_groups == r.prompts_per_step:
-                        break
-                    sl = slice(g * r.num_generations, (g + 1) * r.num_generations)
-                    samples += s[sl]
-                    rewards.append(out.rewards[sl])
-                    valid.append(out.valid[sl])
-                    group_ids.append(torch.full((r.num_generations,), n_groups))
-                    n_groups += 1
-                rounds += 1
-                if not t.dynamic_sampling or rounds > t.max_resample_rounds:
-                    break
+            groups, m = ctrl.collect(step, accept=has_signal if t.dynamic_sampling else None,
+                                     max_consumed=r.prompts_per_step * (1 + t.max_resample_rounds)
+                                     if t.dynamic_sampling else None)
             t_gen = time.time() - t0
+            samples = [x for g in groups for x in g.samples]
             if not probe:
                 probe = [x for x in samples if x.completion_ids][:8]
-            if not samples:
+            if groups:
+                rw = torch.cat([g.rewards for g in groups])
+                vl = torch.cat([g.valid for g in groups])
+                m["reward/mean"] = rw[vl].mean().item() if vl.any() else float("nan")
+                m["reward/std"] = rw[vl].std().item() if vl.sum() > 1 else 0.0
+                m["response/length_mean"] = sum(len(x.completion_ids) for x in samples) / len(samples)
+                m["response/stop_frac"] = sum(x.finish_reason == "stop" for x in samples) / len(samples)
+                for k in groups[0].reward_metrics:
+                    vals = [g.reward_metrics[k] for g in groups if k in g.reward_metrics]
+                    m[k] = sum(vals) / len(vals)
+            m["dynamic_sampling/groups"] = len(groups)
+            if not groups:
                 m["dynamic_sampling/skipped_step"] = 1.0
+                ctrl.publish(policy.merged_state_dict(), step)  # the version advances even without an update
                 tracker.log(step, m)
                 continue
-            rewards_t, valid_t, gids_t = torch.cat(rewards), torch.cat(valid), torch.cat(group_ids)
+            rewards_t = torch.cat([g.rewards for g in groups])
+            valid_t = torch.cat([g.valid for g in groups])
+            gids_t = torch.arange(len(groups)).repeat_interleave(G)
             adv = advantage_fn(rewards_t, gids_t, valid_t)  # [B]
             batch = collate(samples, adv, rewards_t, gids_t, tok.pad_token_id)
             batch.response_mask *= valid_t[:, None].float()  # dropped samples do not train
-            m["dynamic_sampling/groups"] = n_groups
-            m["dynamic_sampling/rounds"] = rounds
+            m.update(staleness_metrics(batch, step, cfg.max_staleness))
             # update
             t1 = time.time()
-            m.update(update(policy, batch, cfg, loss_cfg))
+            m.update(update(policy, batch, cfg, loss_cfg, recompute))
             t_train = time.time() - t1
-            # sync weights to the rollout engine
+            # publish the new weights to every worker (+ the probe check, verified asynchronously by each worker)
             t2 = time.time()
             weights = policy.merged_state_dict()
-            engine.update_weights(weights.items(), version=step)
+            check = t.sync_check_every and step % t.sync_check_every == 0 and probe
+            ctrl.publish(weights, step, probe if check else None, probe_logprobs(policy, probe) if check else None)
             t_sync = time.time() - t2
-            if t.sync_check_every and step % t.sync_check_every == 0 and probe:
-                m["sync/probe_max_abs_err"] = verify_sync(engine, policy, probe, t.sync_check_tol, step, r.engine, len(weights))
+            gen_tokens = sum(len(x.completion_ids) for x in samples)
             m.update({"perf/gen_s": t_gen, "perf/train_s": t_train, "perf/sync_s": t_sync,
-                      "perf/step_s": time.time() - t0, "perf/tokens_per_s": gen_tokens / max(t_gen, 1e-9),
-                      "offpolicy/staleness_mean": float((step - 1) - batch.versions[batch.response_mask > 0].float().mean())
-                      if batch.response_mask.any() else 0.0})
-            if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.max_steps:
-                last_eval = evaluate(engine, tok, eval_rows, cfg)["eval/accuracy"]
+                      "perf/step_s": time.time() - t0, "perf/tokens_per_s": gen_tokens / max(time.time() - t0, 1e-9),
+                      "perf/samples_per_s": len(samples) / max(time.time() - t0, 1e-9),
+                      "perf/trainer_idle_frac": m["perf/trainer_wait_s"] / max(time.time() - t0, 1e-9)})
+            if step == cfg.max_steps or (cfg.eval.every and step % cfg.eval.every == 0):
+                last_eval = evaluate(eval_engine, tok, eval_rows, cfg)["eval/accuracy"]
                 m["eval/accuracy"] = last_eval
             if step == cfg.max_steps:
-                last_eval = evaluate(engine, tok, eval_rows, cfg)["eval/accuracy"]
-                m["eval/accuracy"] = last_eval
+                ctrl.drain_checks(m)
             for k, v in m.items():
                 if isinstance(v, float) and math.isnan(v) and not k.startswith("reward/"):
                     raise OrchardError(f"metric {k} is NaN at step {step}: training diverged (lower trainer.lr?); "
                                        f"the last complete checkpoint is intact, resume with --resume")
             tracker.log(step, m)
             if step == cfg.max_steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
-                save_checkpoint(run, step, policy, sampler, {"eval_before": before}, cfg.checkpoint.keep)
+                save_checkpoint(run, step, policy, sampler, {"eval_before": before, "controller": ctrl.state_dict()},
+                                cfg.checkpoint.keep)
+        ledger = dict(ctrl.stats, outstanding=ctrl.sched.n_outstanding)
     finally:
-        tracker.close()
-        engine.close()
+        if tracker is not None:
+            tracker.close()
+        pool.close()
+        if ray_started:
+            import ray
+
+            ray.shutdown()
     after = last_eval
     summary = {"algo": "grpo", "steps": cfg.max_steps, "eval/accuracy_before": before, "eval/accuracy_after": after,
                "eval/accuracy_gain": after - before, "eval/size": len(eval_rows), "model": str(model_dir),
-               "engine": r.engine, "wall_time_s": time.time() - t_start,
+               "engine": r.engine, "backend": c.backend, "rollout_workers": c.rollout_workers,
+               "max_staleness": cfg.max_staleness, "rollout_ledger": ledger, "wall_time_s": time.time() - t_start,
                "final_checkpoint": str(run.latest_checkpoint()[1]) if run.latest_checkpoint() else None}
     log.info(f"held-out accuracy: {before:.3f} -> {after:.3f} ({after - before:+.3f})")
     return summary
+

@@ -1,0 +1,105 @@
+"""Ray glue: the `cluster` config section, a quiet local Ray start (or joining a cluster), and CPU pinning.
+
+Locally, `rl train` starts Ray itself: no dashboard unless `cluster.dashboard`, no auth token written under the
+home directory (`RAY_AUTH_MODE=disabled`), no usage stats, temp files under `cluster.temp_dir` (default
+`<tmp>/orchard-ray-<uid>`), and the node address 127.0.0.1. `cluster.address=auto` (or `host:port`) joins a
+running cluster instead (start one with `ray start --head` on the head node and `ray start --address=...` on the
+others); the model directory must then be readable at the same path on every node.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from rl.config import Section
+
+log = logging.getLogger("orchard")
+
+
+class ClusterConfig(Section):
+    backend: Literal["ray", "local"] = "ray"
+    """ray: rollout workers are Ray actors (a local Ray is started unless `address` is given); local: one worker in
+    the trainer's own process (no Ray; handy for debugging and fast tests). Both go through the same controller."""
+    address: str | None = None
+    """Join an existing Ray cluster ('auto' or 'host:port') instead of starting a local one."""
+    rollout_workers: int = Field(1, ge=1)
+    """Rollout workers (Ray actors), each holding one engine. The local backend has exactly one."""
+    trainer_ranks: int = Field(1, ge=1)
+    """Data-parallel trainer ranks. 1: the trainer runs in the controller process (the only mode implemented so far)."""
+    cpus_per_worker: float = Field(1.0, gt=0)
+    """Ray CPUs reserved by each rollout worker; also its torch thread count (rounded, at least 1)."""
+    gpus_per_worker: float = Field(0.0, ge=0)
+    """Ray GPUs reserved by each rollout worker (fractions share a GPU)."""
+    pin_cpus: bool = False
+    """Pin the trainer to core 0 and rollout worker i to core 1+i (Linux; wraps around the machine's cores), with
+    one torch thread each: what `rl bench async` uses to give each role its own core."""
+    max_inflight_per_worker: int = Field(2, ge=1)
+    """Tasks queued on a worker at once (2 keeps it busy while the controller collects the previous result)."""
+    max_worker_restarts: int = Field(3, ge=0)
+    """How many times each rollout worker is restarted after dying before the job stops."""
+    dashboard: bool = False
+    """Start the Ray dashboard (on 127.0.0.1)."""
+    temp_dir: str | None = None
+    """Ray's session/log directory (default: <system tmp>/orchard-ray-<uid>). Keep it short: Ray's socket paths
+    must fit in 107 bytes."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.backend == "local" and self.rollout_workers != 1:
+            raise ValueError(f"cluster.rollout_workers={self.rollout_workers} needs cluster.backend=ray "
+                             f"(the local backend runs exactly one worker in the trainer's process)")
+        if self.trainer_ranks != 1:
+            raise ValueError(f"cluster.trainer_ranks={self.trainer_ranks}: data-parallel trainer ranks are not "
+                             f"implemented yet; use 1")
+        return self
+
+
+def ray_env() -> None:
+    """Environment every Orchard process sets before Ray starts (idempotent; users' own values win)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def init_ray(c: ClusterConfig) -> bool:
+    """Start or join Ray per `c`. Returns True when this call started it (the caller shuts it down)."""
+    ray_env()
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if c.address:
+        ray.init(address=c.address, configure_logging=False, log_to_driver=True)
+        return True
+    temp_dir = c.temp_dir or os.path.join(tempfile.gettempdir(), f"orchard-ray-{os.getuid()}")
+    # Enough logical CPUs for every actor even on a small machine (oversubscription is logged, not a deadlock).
+    need = c.rollout_workers * c.cpus_per_worker
+    num_cpus = max(os.cpu_count() or 1, int(need + 0.999))
+    if need > (os.cpu_count() or 1):
+        log.warning(f"cluster: {c.rollout_workers} rollout workers x {c.cpus_per_worker} CPUs exceed this "
+                    f"machine's {os.cpu_count()} cores; they will share them")
+    ray.init(num_cpus=num_cpus, include_dashboard=c.dashboard, dashboard_host="127.0.0.1",
+             _node_ip_address="127.0.0.1", _temp_dir=temp_dir, configure_logging=False, log_to_driver=True)
+    return True
+
+
+def pin_to_core(index: int, threads: int = 1) -> int | None:
+    """Pin this process to core `index % cores` and use `threads` torch threads. Returns the core (None off Linux)."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0)) if index >= 0 else []
+    all_cores = list(range(os.cpu_count() or 1))
+    core = all_cores[index % len(all_cores)]
+    try:
+        os.sched_setaffinity(0, {core})
+    except OSError as e:  # e.g. a container that forbids it: keep going unpinned
+        log.warning(f"cluster.pin_cpus: could not pin to core {core} ({e}); running unpinned (allowed: {cores})")
+        return None
+    return core

@@ -1,0 +1,370 @@
+"""The rollout controller: keeps rollout workers generating groups ahead of the trainer, within `max_staleness`.
+
+Flow: prompts are drawn from the sampler into *tasks* (a few prompts x G samples, one worker call each); a task
+is admitted by the `StalenessScheduler` (which gives each of its groups a deadline step) and dispatched to a
+worker with a free slot; its samples come back tagged with the policy version of every token, are scored by
+`score_fn`, and wait in the buffer as *groups* until the trainer's `collect(step)` takes them, earliest deadline
+first. `publish(weights, version)` ships new weights to every worker (Ray object store: serialised once) and,
+with a probe batch, checks each worker's log-probs against the trainer's.
+
+Fault tolerance: a worker whose process dies (any call to it fails with `WorkerDied`) is restarted, given the
+current weights, and every task it had in flight goes back to the front of the queue with its prompts, seed
+and deadline, so no prompt is lost or trained on twice. Every drawn prompt gets a draw id; the ledger counts
+draws, consumptions and duplicates (`rollout/*` metrics; a test kills a worker with SIGKILL and checks them).
+
+With `max_staleness=0` and one worker this is exactly the synchronous loop: each step's P groups are generated
+by the current policy, after the previous update, and consumed all at once.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from rl.errors import OrchardError, WeightSyncError
+from rollout.staleness import StalenessScheduler
+from rollout.types import Sample, SamplingParams
+from rollout.workers import WorkerDied, WorkerPool
+
+log = logging.getLogger("orchard")
+
+
+@dataclass
+class Task:
+    task_id: int
+    prompt_indices: list[int]
+    draw_ids: list[int]
+    deadline: int
+    seed: int
+    version: int  # policy version when dispatched (the worker's weights are at least this new)
+    worker: int | None = None
+    attempts: int = 0
+
+
+@dataclass
+class Group:
+    """G samples of one prompt, scored."""
+
+    draw_id: int
+    prompt_index: int
+    samples: list[Sample]
+    rewards: torch.Tensor  # [G]
+    valid: torch.Tensor  # [G] bool
+    deadline: int
+    task_id: int
+    worker: int
+    reward_metrics: dict = field(default_factory=dict)
+
+
+ScoreFn = Callable[[list[int], list[Sample]], tuple[torch.Tensor, torch.Tensor, dict]]
+"""(prompt indices, samples group-contiguous) -> (rewards [n*G], valid [n*G], metrics)."""
+
+
+class RolloutController:
+    def __init__(self, pool: WorkerPool, *, prompt_ids: list[list[int]], sampler, score_fn: ScoreFn,
+                 group_size: int, groups_per_step: int, max_staleness: int, prompts_per_task: int,
+                 sampling: SamplingParams, seed: int, last_step: int, start_version: int = 0,
+                 inflight_per_worker: int = 2, max_restarts: int = 3, sync_tol: float = 1e-4,
+                 on_workers_changed: Callable[[list[dict]], None] | None = None):
+        self.pool, self.prompt_ids, self.sampler, self.score_fn = pool, prompt_ids, sampler, score_fn
+        self.G, self.P, self.per_task = group_size, groups_per_step, prompts_per_task
+        self.sched = StalenessScheduler(groups_per_step, max_staleness)
+        self.sampling, self.seed, self.last_step = sampling, seed, last_step
+        self.version = start_version
+        self.inflight_cap, self.max_restarts, self.sync_tol = inflight_per_worker, max_restarts, sync_tol
+        self.on_workers_changed = on_workers_changed
+        self.next_task_id, self.next_draw_id = 0, 0
+        self.queue: deque[Task] = deque()  # admitted tasks waiting for a worker (re-queued ones first)
+        self.pending: deque[tuple[int, list[int], list[int]]] = deque()  # (task_id, prompts, draw ids) from a checkpoint
+        self.inflight: dict[int, Task] = {}  # task_id -> task on a worker
+        self.buffer: list[Group] = []  # finished, scored, not yet consumed
+        self.calls: dict = {}  # handle -> (kind, worker, incarnation, payload)
+        self.incarnation = [0] * pool.n
+        self.weights_ref, self.n_tensors = None, 0
+        self.probe: list[Sample] = []
+        self.trainer_probe: dict[int, list[list[float]]] = {}
+        self.collecting = start_version  # the step being (or last) collected
+        self.stats = {"draws": 0, "consumed": 0, "duplicates": 0, "requeued_tasks": 0, "worker_restarts": 0,
+                      "stale_results": 0}
+        self.consumed_ids: set[int] = set()
+        self._step_acc = self._fresh_acc()
+        self.worker_infos = [self.pool.get(self.pool.call(i, "info"), i) for i in range(pool.n)]
+        if on_workers_changed:
+            on_workers_changed(self.worker_infos)
+
+    @staticmethod
+    def _fresh_acc() -> dict:
+        return {"busy_s": 0.0, "wait_s": 0.0, "load_s": 0.0, "checks": 0, "max_err": 0.0, "t0": time.perf_counter()}
+
+    # --- weights ---------------------------------------------------------------------------------------------------
+    def publish(self, weights: dict[str, torch.Tensor], version: int, probe: list[Sample] | None = None,
+                trainer_probe: list[list[float]] | None = None) -> float:
+        """Send `weights` (policy `version`) to every worker; with a probe, queue a log-prob check on each.
+        Returns the seconds this took on the trainer's side (serialisation into the object store)."""
+        t0 = time.perf_counter()
+        self.weights_ref, self.n_tensors, self.version = self.pool.put(weights), len(weights), version
+        if probe is not None:
+            self.probe = probe
+            self.trainer_probe = {version: trainer_probe}
+        for i in range(self.pool.n):
+            self._send_weights(i)
+        put_s = time.perf_counter() - t0
+        self.pump()
+        return put_s
+
+    def _send_weights(self, i: int) -> None:
+        self._call(i, "update", "update_weights", self.weights_ref, self.version)
+        if self.probe and self.version in self.trainer_probe:
+            self._call(i, "check", "score", [s.prompt_ids for s in self.probe],
+                       [s.completion_ids for s in self.probe], 1.0, payload=self.version)
+
+    def _check(self, i: int, out: dict, version: int) -> None:
+        ours = self.trainer_probe.get(version)
+        if ours is None:  # a newer publish replaced it; the newer check covers this worker
+            return
+        err = 0.0
+        for a, b in zip(ours, out["logprobs"]):
+            if a:
+                err = max(err, (torch.tensor(a) - torch.tensor(b)).abs().max().item())
+        self._step_acc["checks"] += 1
+        self._step_acc["max_err"] = max(self._step_acc["max_err"], err)
+        if not err <= self.sync_tol:
+            raise WeightSyncError(
+                f"weight sync check failed for policy version {version}: rollout worker {i} "
+                f"(pid {self.worker_infos[i]['pid']}) log-probs differ from the trainer's by {err:.3g} > "
+                f"trainer.sync_check_tol={self.sync_tol:g} on a probe batch of {len(self.probe)} samples "
+                f"({self.n_tensors} tensors compared after the sync)")
+
+    # --- dispatch --------------------------------------------------------------------------------------------------
+    def _call(self, i: int, kind: str, method: str, *args, payload=None):
+        h = self.pool.call(i, method, *args)
+        self.calls[h] = (kind, i, self.incarnation[i], payload)
+        return h
+
+    def _free_slots(self, i: int) -> int:
+        return self.inflight_cap - sum(1 for t in self.inflight.values() if t.worker == i)
+
+    def _new_task(self, need: int | None) -> Task | None:
+        """Admit a new task if the staleness budget (and, when given, the current step's need) allows."""
+        if self.version + 1 > self.last_step:  # no step left that could train on it
+            return None
+        # never more than the remaining steps can train on
+        room = min(self.sched.room(), (self.last_step - self.version) * self.P - self.sched.n_outstanding)
+        if self.sched.deadline(self.version) <= self.collecting:
+            # groups due at the step being collected (max_staleness 0): only what that step still lacks, and only
+            # while it is being collected
+            if need is None:
+                return None
+            due_now = sum(n for d, n in self.sched.outstanding.items() if d <= self.collecting)
+            room = min(room, need - due_now)
+        if room <= 0:
+            return None
+        if self.pending:
+            task_id, prompts, draws = self.pending[0]
+            n = min(len(prompts), room)
+            if n < len(prompts):
+                self.pending[0] = (task_id, prompts[n:], draws[n:])
+                prompts, draws = prompts[:n], draws[:n]
+            else:
+                self.pending.popleft()
+        else:
+            n = min(self.per_task, room)
+            task_id = self.next_task_id
+            self.next_task_id += 1
+            prompts = self.sampler.next(n)
+            draws = list(range(self.next_draw_id, self.next_draw_id + n))
+            self.next_draw_id += n
+            self.stats["draws"] += n
+        deadline = self.sched.admit(len(prompts), self.version)
+        seed = (self.seed * 1_000_003 + task_id * 7919 + draws[0]) % 2**31
+        return Task(task_id, prompts, draws, deadline, seed, self.version)
+
+    def pump(self, need: int | None = None) -> None:
+        """Dispatch queued and newly admitted tasks to workers with free slots."""
+        for i in range(self.pool.n):
+            while self._free_slots(i) > 0:
+                task = self.queue.popleft() if self.queue else self._new_task(need)
+                if task is None:
+                    break
+                task.worker, task.attempts, task.version = i, task.attempts + 1, self.version
+                self.inflight[task.task_id] = task
+                prompts = [self.prompt_ids[p] for p in task.prompt_indices for _ in range(self.G)]
+                sp = SamplingParams(**{**self.sampling.__dict__, "seed": task.seed})
+                self._call(i, "gen", "generate", task.task_id, prompts, sp, payload=task.task_id)
+
+    # --- results ---------------------------------------------------------------------------------------------------
+    def _poll(self, timeout: float | None) -> None:
+        """Process every finished call (waiting up to `timeout` for the first)."""
+        t0 = time.perf_counter()
+        ready = self.pool.wait(list(self.calls), timeout)
+        self._step_acc["wait_s"] += time.perf_counter() - t0
+        for h in ready:
+            kind, i, inc, payload = self.calls.pop(h)
+            try:
+                value = self.pool.result(h, i)
+            except WorkerDied as e:
+                if inc == self.incarnation[i]:
+                    self._restart(i, e)
+                continue
+            if inc != self.incarnation[i]:
+                self.stats["stale_results"] += 1
+                continue
+            if kind == "gen":
+                self._on_generated(value)
+            elif kind == "update":
+                self._step_acc["load_s"] += value
+            elif kind == "check":
+                self._check(i, value, payload)
+            elif kind == "call":
+                payload["value"] = value
+
+    def _on_generated(self, out: dict) -> None:
+        task = self.inflight.pop(out["task_id"], None)
+        if task is None:
+            self.stats["stale_results"] += 1
+            return
+        self._step_acc["busy_s"] += out["gen_s"]
+        samples = out["samples"]
+        rewards, valid, metrics = self.score_fn(task.prompt_indices, samples)
+        G = self.G
+        for j, (p, d) in enumerate(zip(task.prompt_indices, task.draw_ids)):
+            sl = slice(j * G, (j + 1) * G)
+            self.buffer.append(Group(d, p, samples[sl], rewards[sl], valid[sl], task.deadline, task.task_id,
+                                     out["worker"], metrics))
+
+    def _restart(self, i: int, err: WorkerDied) -> None:
+        if self.pool.restarts[i] >= self.max_restarts:
+            raise OrchardError(f"rollout worker {i} died {self.pool.restarts[i] + 1} times "
+                               f"(cluster.max_worker_restarts={self.max_restarts}); last error: {err.cause}") from err
+        lost = sorted((t for t in self.inflight.values() if t.worker == i), key=lambda t: t.task_id)
+        log.warning(f"{err}; restarting it and re-queuing {len(lost)} task(s) "
+                    f"({sum(len(t.prompt_indices) for t in lost)} prompts)")
+        for t in reversed(lost):
+            del self.inflight[t.task_id]
+            t.worker = None
+            self.queue.appendleft(t)
+        self.stats["requeued_tasks"] += len(lost)
+        self.stats["worker_restarts"] += 1
+        self.incarnation[i] += 1
+        self.pool.restart(i)
+        self.worker_infos[i] = self.pool.get(self.pool.call(i, "info"), i)
+        if self.on_workers_changed:
+            self.on_workers_changed(self.worker_infos)
+        if self.weights_ref is not None:
+            self._send_weights(i)
+
+    def call_blocking(self, i: int, method: str, *args):
+        """Run one worker call to completion (after everything queued on that worker), surviving restarts."""
+        while True:
+            box: dict = {}
+            self._call(i, "call", method, *args, payload=box)
+            while "value" not in box:
+                before = self.incarnation[i]
+                self._poll(None)
+                if self.incarnation[i] != before:  # the worker died; the call is lost with it: ask again
+                    break
+            if "value" in box:
+                return box["value"]
+
+    # --- the trainer's side ----------------------------------------------------------------------------------------
+    def collect(self, step: int, accept: Callable[[Group], bool] | None = None, max_consumed: int | None = None
+                ) -> tuple[list[Group], dict]:
+        """The P groups (fewer if `accept` rejects too many within `max_consumed`) that step `step` trains on,
+        earliest deadline first; waits only for groups the staleness bound makes due now."""
+        if step != self.version + 1:
+            raise RuntimeError(f"collect({step}) with policy version {self.version}: expected step {self.version + 1}")
+        self.collecting = step
+        budget = max_consumed or self.P
+        taken: list[Group] = []
+        consumed = rejected = 0
+        margins: list[int] = []
+        while True:
+            need = self.P - len(taken)
+            must = self.sched.must_take(step)
+            if (need <= 0 or consumed >= budget) and must == 0:
+                break
+            self.pump(need=max(need, must))
+            self._poll(0)
+            g = self._eligible(must, need)
+            if g is None:
+                if not self.calls:
+                    raise RuntimeError(f"step {step}: waiting for groups but nothing is in flight "
+                                       f"(outstanding {dict(self.sched.outstanding)}, queue {len(self.queue)})")
+                self._poll(None)
+                continue
+            self.buffer.remove(g)
+            margins.append(self.sched.consume(g.deadline, step))
+            consumed += 1
+            if g.draw_id in self.consumed_ids:
+                self.stats["duplicates"] += 1
+            self.consumed_ids.add(g.draw_id)
+            self.stats["consumed"] += 1
+            if need > 0 and (accept is None or accept(g)) and consumed <= budget:
+                taken.append(g)
+            else:
+                rejected += 1
+        self.pump()  # with max_staleness > 0, keep generating while the trainer updates
+        acc, self._step_acc = self._step_acc, self._fresh_acc()
+        wall = max(time.perf_counter() - acc["t0"], 1e-9)
+        m = {"rollout/groups": len(taken), "rollout/groups_rejected": rejected,
+             "rollout/outstanding_groups": self.sched.n_outstanding, "rollout/buffered_groups": len(self.buffer),
+             "rollout/min_deadline_margin": min(margins) if margins else 0,
+             "rollout/draws": self.stats["draws"], "rollout/consumed": self.stats["consumed"],
+             "rollout/duplicates": self.stats["duplicates"], "rollout/requeued_tasks": self.stats["requeued_tasks"],
+             "rollout/worker_restarts": self.stats["worker_restarts"],
+             "perf/trainer_wait_s": acc["wait_s"], "perf/worker_busy_frac": acc["busy_s"] / (wall * self.pool.n),
+             "sync/worker_load_s": acc["load_s"]}
+        if acc["checks"]:
+            m["sync/probe_max_abs_err"] = acc["max_err"]
+            m["sync/checks"] = acc["checks"]
+        return taken, m
+
+    def _eligible(self, must: int, need: int) -> Group | None:
+        """The next finished group the trainer may take (earliest deadline first), or None if it must wait."""
+        if not self.buffer:
+            return None
+        self.buffer.sort(key=lambda g: (g.deadline, g.draw_id))
+        g = self.buffer[0]
+        return g if self.sched.may_take(g.deadline, self.collecting, need) else None
+
+    def drain_checks(self, metrics: dict) -> None:
+        """Wait for outstanding weight-sync checks (the last publish is verified before the job ends) and add the
+        checks that finished since the last `collect` to that step's `metrics`."""
+        while any(k == "check" for k, *_ in self.calls.values()):
+            self._poll(None)
+        acc = self._step_acc
+        if acc["checks"]:
+            metrics["sync/checks"] = metrics.get("sync/checks", 0) + acc["checks"]
+            metrics["sync/probe_max_abs_err"] = max(metrics.get("sync/probe_max_abs_err", 0.0), acc["max_err"])
+        acc["checks"], acc["max_err"] = 0, 0.0
+
+    # --- resume ----------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Prompts drawn but not yet trained on (queued, in flight or buffered) and the id counters."""
+        rest: dict[int, tuple[list[int], list[int]]] = {}
+        for t in list(self.pending_tasks()):
+            rest[t[0]] = (list(t[1]), list(t[2]))
+        for g in self.buffer:
+            p, d = rest.setdefault(g.task_id, ([], []))
+            p.append(g.prompt_index)
+            d.append(g.draw_id)
+        pending = [[tid, p, d] for tid, (p, d) in sorted(rest.items())]
+        return {"pending": pending, "next_task_id": self.next_task_id, "next_draw_id": self.next_draw_id,
+                "stats": dict(self.stats)}
+
+    def pending_tasks(self):
+        yield from self.pending
+        for t in list(self.queue) + list(self.inflight.values()):
+            yield t.task_id, t.prompt_indices, t.draw_ids
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pending = deque((tid, p, d) for tid, p, d in state["pending"])
+        self.next_task_id, self.next_draw_id = state["next_task_id"], state["next_draw_id"]
+        self.stats.update(state.get("stats", {}))
+
+    def close(self) -> None:
+        self.pool.close()
