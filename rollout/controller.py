@@ -72,7 +72,7 @@ class RolloutController:
                  on_workers_changed: Callable[[list[dict]], None] | None = None):
         self.pool, self.prompt_ids, self.sampler, self.score_fn = pool, prompt_ids, sampler, score_fn
         self.G, self.P, self.per_task = group_size, groups_per_step, prompts_per_task
-        self.sched = StalenessScheduler(groups_per_step, max_staleness)
+        self.sched = StalenessScheduler(groups_per_step, max_staleness, start_version + 1, last_step)
         self.sampling, self.seed, self.last_step = sampling, seed, last_step
         self.version = start_version
         self.inflight_cap, self.max_restarts, self.sync_tol = inflight_per_worker, max_restarts, sync_tol
@@ -86,7 +86,9 @@ class RolloutController:
         self.incarnation = [0] * pool.n
         self.weights_ref, self.n_tensors = None, 0
         self.probe: list[Sample] = []
-        self.trainer_probe: dict[int, list[list[float]]] = {}
+        self.trainer_probe: dict[int, list[list[float]]] = {}  # version -> the trainer's probe log-probs
+        self.check_waiting: dict[int, set[int]] = {}  # version -> workers whose check of it has not come back
+        self.t_start, self.busy_total = time.perf_counter(), 0.0
         self.collecting = start_version  # the step being (or last) collected
         self.stats = {"draws": 0, "consumed": 0, "duplicates": 0, "requeued_tasks": 0, "worker_restarts": 0,
                       "stale_results": 0}
@@ -109,7 +111,8 @@ class RolloutController:
         self.weights_ref, self.n_tensors, self.version = self.pool.put(weights), len(weights), version
         if probe is not None:
             self.probe = probe
-            self.trainer_probe = {version: trainer_probe}
+            self.trainer_probe[version] = trainer_probe
+            self.check_waiting[version] = set()
         for i in range(self.pool.n):
             self._send_weights(i)
         put_s = time.perf_counter() - t0
@@ -119,13 +122,13 @@ class RolloutController:
     def _send_weights(self, i: int) -> None:
         self._call(i, "update", "update_weights", self.weights_ref, self.version)
         if self.probe and self.version in self.trainer_probe:
+            self.check_waiting[self.version].add(i)
             self._call(i, "check", "score", [s.prompt_ids for s in self.probe],
                        [s.completion_ids for s in self.probe], 1.0, payload=self.version)
 
     def _check(self, i: int, out: dict, version: int) -> None:
-        ours = self.trainer_probe.get(version)
-        if ours is None:  # a newer publish replaced it; the newer check covers this worker
-            return
+        ours = self.trainer_probe[version]
+        self._check_done(i, version)
         err = 0.0
         for a, b in zip(ours, out["logprobs"]):
             if a:
@@ -139,6 +142,18 @@ class RolloutController:
                 f"trainer.sync_check_tol={self.sync_tol:g} on a probe batch of {len(self.probe)} samples "
                 f"({self.n_tensors} tensors compared after the sync)")
 
+    def _check_done(self, i: int, version: int) -> None:
+        """Worker i's check of `version` is in (or lost with the worker); forget a version once all are in, but
+        keep the newest one: a restarted worker is checked against it."""
+        waiting = self.check_waiting.get(version)
+        if waiting is None:
+            return
+        waiting.discard(i)
+        if not waiting and version != self.version:
+            del self.check_waiting[version], self.trainer_probe[version]
+        for v in [v for v, w in self.check_waiting.items() if not w and v != self.version]:
+            del self.check_waiting[v], self.trainer_probe[v]
+
     # --- dispatch --------------------------------------------------------------------------------------------------
     def _call(self, i: int, kind: str, method: str, *args, payload=None):
         h = self.pool.call(i, method, *args)
@@ -148,19 +163,11 @@ class RolloutController:
     def _free_slots(self, i: int) -> int:
         return self.inflight_cap - sum(1 for t in self.inflight.values() if t.worker == i)
 
-    def _new_task(self, need: int | None) -> Task | None:
-        """Admit a new task if the staleness budget (and, when given, the current step's need) allows."""
+    def _new_task(self) -> Task | None:
+        """Admit a new task if the staleness budget allows."""
         if self.version + 1 > self.last_step:  # no step left that could train on it
             return None
-        # never more than the remaining steps can train on
-        room = min(self.sched.room(), (self.last_step - self.version) * self.P - self.sched.n_outstanding)
-        if self.sched.deadline(self.version) <= self.collecting:
-            # groups due at the step being collected (max_staleness 0): only what that step still lacks, and only
-            # while it is being collected
-            if need is None:
-                return None
-            due_now = sum(n for d, n in self.sched.outstanding.items() if d <= self.collecting)
-            room = min(room, need - due_now)
+        room = self.sched.room(self.version)
         if room <= 0:
             return None
         if self.pending:
@@ -183,11 +190,11 @@ class RolloutController:
         seed = (self.seed * 1_000_003 + task_id * 7919 + draws[0]) % 2**31
         return Task(task_id, prompts, draws, deadline, seed, self.version)
 
-    def pump(self, need: int | None = None) -> None:
+    def pump(self) -> None:
         """Dispatch queued and newly admitted tasks to workers with free slots."""
         for i in range(self.pool.n):
             while self._free_slots(i) > 0:
-                task = self.queue.popleft() if self.queue else self._new_task(need)
+                task = self.queue.popleft() if self.queue else self._new_task()
                 if task is None:
                     break
                 task.worker, task.attempts, task.version = i, task.attempts + 1, self.version
@@ -228,6 +235,7 @@ class RolloutController:
             self.stats["stale_results"] += 1
             return
         self._step_acc["busy_s"] += out["gen_s"]
+        self.busy_total += out["gen_s"]
         samples = out["samples"]
         rewards, valid, metrics = self.score_fn(task.prompt_indices, samples)
         G = self.G
@@ -250,6 +258,8 @@ class RolloutController:
         self.stats["requeued_tasks"] += len(lost)
         self.stats["worker_restarts"] += 1
         self.incarnation[i] += 1
+        for v in list(self.check_waiting):  # its pending checks died with it
+            self._check_done(i, v)
         self.pool.restart(i)
         self.worker_infos[i] = self.pool.get(self.pool.call(i, "info"), i)
         if self.on_workers_changed:
@@ -284,12 +294,12 @@ class RolloutController:
         margins: list[int] = []
         while True:
             need = self.P - len(taken)
-            must = self.sched.must_take(step)
+            must = self.sched.must_take()
             if (need <= 0 or consumed >= budget) and must == 0:
                 break
-            self.pump(need=max(need, must))
+            self.pump()
             self._poll(0)
-            g = self._eligible(must, need)
+            g = self._eligible(need)
             if g is None:
                 if not self.calls:
                     raise RuntimeError(f"step {step}: waiting for groups but nothing is in flight "
@@ -297,7 +307,7 @@ class RolloutController:
                 self._poll(None)
                 continue
             self.buffer.remove(g)
-            margins.append(self.sched.consume(g.deadline, step))
+            margins.append(self.sched.consume(g.deadline))
             consumed += 1
             if g.draw_id in self.consumed_ids:
                 self.stats["duplicates"] += 1
@@ -307,6 +317,7 @@ class RolloutController:
                 taken.append(g)
             else:
                 rejected += 1
+        self.sched.end_step()
         self.pump()  # with max_staleness > 0, keep generating while the trainer updates
         acc, self._step_acc = self._step_acc, self._fresh_acc()
         wall = max(time.perf_counter() - acc["t0"], 1e-9)
@@ -316,20 +327,20 @@ class RolloutController:
              "rollout/draws": self.stats["draws"], "rollout/consumed": self.stats["consumed"],
              "rollout/duplicates": self.stats["duplicates"], "rollout/requeued_tasks": self.stats["requeued_tasks"],
              "rollout/worker_restarts": self.stats["worker_restarts"],
-             "perf/trainer_wait_s": acc["wait_s"], "perf/worker_busy_frac": acc["busy_s"] / (wall * self.pool.n),
+             "perf/trainer_wait_s": acc["wait_s"], "perf/worker_busy_frac": self.busy_total / ((time.perf_counter() - self.t_start) * self.pool.n),
              "sync/worker_load_s": acc["load_s"]}
         if acc["checks"]:
             m["sync/probe_max_abs_err"] = acc["max_err"]
             m["sync/checks"] = acc["checks"]
         return taken, m
 
-    def _eligible(self, must: int, need: int) -> Group | None:
+    def _eligible(self, need: int) -> Group | None:
         """The next finished group the trainer may take (earliest deadline first), or None if it must wait."""
         if not self.buffer:
             return None
         self.buffer.sort(key=lambda g: (g.deadline, g.draw_id))
         g = self.buffer[0]
-        return g if self.sched.may_take(g.deadline, self.collecting, need) else None
+        return g if self.sched.may_take(g.deadline, need) else None
 
     def drain_checks(self, metrics: dict) -> None:
         """Wait for outstanding weight-sync checks (the last publish is verified before the job ends) and add the

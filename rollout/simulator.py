@@ -41,7 +41,7 @@ def simulate(*, workers: int, groups_per_step: int, prompts_per_task: int, group
              gen_s: float, train_s: float, sync_s: float = 0.0, steps: int = 50, trainer_ranks: int = 1,
              dp_efficiency: float = 0.9, jitter: float = 0.0, seed: int = 0) -> SimResult:
     rng = random.Random(seed)
-    sched = StalenessScheduler(groups_per_step, max_staleness)
+    sched = StalenessScheduler(groups_per_step, max_staleness, last_step=steps)
     P, k = groups_per_step, prompts_per_task
     step_train_s = train_s if trainer_ranks == 1 else train_s / (trainer_ranks * dp_efficiency)
     now, version = 0.0, 0
@@ -59,15 +59,10 @@ def simulate(*, workers: int, groups_per_step: int, prompts_per_task: int, group
 
     pending_deadlines: dict[int, int] = {}  # task seq -> the deadline its groups were admitted with
 
-    def dispatch(step_collecting: int, need: int | None) -> None:
+    def dispatch() -> None:
         nonlocal seq, busy_s
         while free:
-            room = min(sched.room(), (steps - version) * P - sched.n_outstanding)
-            if sched.deadline(version) <= step_collecting:
-                if need is None:
-                    return
-                due = sum(n for d, n in sched.outstanding.items() if d <= step_collecting)
-                room = min(room, need - due)
+            room = sched.room(version)
             n = min(k, room)
             if n <= 0:
                 return
@@ -87,31 +82,32 @@ def simulate(*, workers: int, groups_per_step: int, prompts_per_task: int, group
         free.append(w)
         buffer.extend([(pending_deadlines.pop(s), v)] * n)
 
-    dispatch(0, None)
+    dispatch()
     for step in range(1, steps + 1):
         taken = 0
         t_wait0 = now
-        while taken < P or sched.must_take(step) > 0:
-            dispatch(step, P - taken)
+        while taken < P or sched.must_take() > 0:
+            dispatch()
             buffer.sort()
-            if buffer and sched.may_take(buffer[0][0], step, P - taken):
+            if buffer and sched.may_take(buffer[0][0], P - taken):
                 deadline, v = buffer.pop(0)
-                sched.consume(deadline, step)
+                sched.consume(deadline)
                 stale.append((step - 1) - v)
                 taken += 1
                 continue
             advance()
+        sched.end_step()
         trainer_wait += now - t_wait0
         # train, then publish; workers keep generating meanwhile
         t_end = now + step_train_s + sync_s
         version_next = step
         while events and events[0][0] <= t_end:
             advance()
-            dispatch(step, None)
+            dispatch()
         now = t_end
         version = version_next
         published.append((now, version))
-        dispatch(step, None)
+        dispatch()
     wall = now
     samples = steps * P * group_size
     return SimResult(steps=steps, wall_s=wall, samples_per_s=samples / wall, trainer_idle_frac=trainer_wait / wall,
