@@ -88,7 +88,7 @@ class RolloutController:
         self.probe: list[Sample] = []
         self.trainer_probe: dict[int, list[list[float]]] = {}  # version -> the trainer's probe log-probs
         self.check_waiting: dict[int, set[int]] = {}  # version -> workers whose check of it has not come back
-        self.t_start, self.busy_total = time.perf_counter(), 0.0
+        self.t_start, self.busy_total = None, 0.0  # for the cumulative worker busy fraction (from the first collect)
         self.collecting = start_version  # the step being (or last) collected
         self.stats = {"draws": 0, "consumed": 0, "duplicates": 0, "requeued_tasks": 0, "worker_restarts": 0,
                       "stale_results": 0}
@@ -288,6 +288,8 @@ class RolloutController:
         if step != self.version + 1:
             raise RuntimeError(f"collect({step}) with policy version {self.version}: expected step {self.version + 1}")
         self.collecting = step
+        if self.t_start is None:
+            self.t_start, self.busy_total = time.perf_counter(), 0.0
         budget = max_consumed or self.P
         taken: list[Group] = []
         consumed = rejected = 0
@@ -327,8 +329,8 @@ class RolloutController:
              "rollout/draws": self.stats["draws"], "rollout/consumed": self.stats["consumed"],
              "rollout/duplicates": self.stats["duplicates"], "rollout/requeued_tasks": self.stats["requeued_tasks"],
              "rollout/worker_restarts": self.stats["worker_restarts"],
-             "perf/trainer_wait_s": acc["wait_s"], "perf/worker_busy_frac": self.busy_total / ((time.perf_counter() - self.t_start) * self.pool.n),
-             "sync/worker_load_s": acc["load_s"]}
+             "perf/trainer_wait_s": acc["wait_s"], "perf/worker_busy_frac": self.busy_total / (max(time.perf_counter() - self.t_start, 1e-9) * self.pool.n),
+             "perf/worker_gen_s": acc["busy_s"], "sync/worker_load_s": acc["load_s"]}
         if acc["checks"]:
             m["sync/probe_max_abs_err"] = acc["max_err"]
             m["sync/checks"] = acc["checks"]

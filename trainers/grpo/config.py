@@ -117,8 +117,9 @@ class TrainerConfig(Section):
     """DAPO dynamic sampling: drop groups whose rewards are all equal and generate more until the batch is full."""
     max_resample_rounds: int = Field(3, ge=0)
     """Extra generation rounds allowed per step when dynamic sampling removed groups."""
-    offpolicy: str = "none"
-    """Off-policy correction (registered in `trainers.offpolicy`): none, tis_token, tis_seq, mask, decoupled."""
+    offpolicy: str | None = None
+    """Off-policy correction (registered in `trainers.offpolicy`): none, tis_token, tis_seq, mask, decoupled.
+    Unset: `decoupled` (AReaL's decoupled PPO) when max_staleness > 0, `none` when training is on-policy."""
     is_cap: float = Field(2.0, gt=0)
     """Truncation cap C for TIS importance weights."""
     sync_check_every: int = Field(1, ge=0)
@@ -147,8 +148,9 @@ class GRPOConfig(JobConfig):
     max_staleness: int = Field(0, ge=0)
     """How many policy versions generation may run ahead of training (0: synchronous on-policy). Generation is
     paced, never dropped: a sample made by policy version v is trained on by step v + max_staleness + 1 at the
-    latest. Above 0 the trainer recomputes the proximal (old) log-probs, so `trainer.offpolicy` has something to
-    correct (decoupled PPO, TIS or masking)."""
+    latest. Above 0 the proximal (old) policy of the clipped ratio is the trainer's own (with one epoch: the current
+    log-probs, detached; with more: recomputed once per step), and `trainer.offpolicy` corrects for the gap between
+    it and the behaviour policy that generated the samples (default: decoupled PPO)."""
     cluster: ClusterConfig = ClusterConfig()
     """Where rollout workers run (Ray actors or in process) and how many."""
     model: ModelConfig = ModelConfig()

@@ -123,9 +123,13 @@ def update(policy: Policy, batch: RolloutBatch, cfg: GRPOConfig, loss_cfg: LossC
     t, T = cfg.trainer, max(cfg.rollout.temperature, 1e-6)
     B = len(batch)
     dev = policy.device
+    # The "old" (proximal) policy of the clipped ratio is the policy before this update. With one epoch the
+    # parameters do not change until the single optimizer step, so its log-probs are exactly the current ones,
+    # detached: no extra forward pass. With more epochs they are recomputed once, up front.
+    prox_is_current = (recompute or t.recompute_old_logprobs) and t.ppo_epochs == 1
     with torch.no_grad():
         old = batch.behav_logprobs
-        if recompute or t.recompute_old_logprobs or t.ppo_epochs > 1:
+        if t.ppo_epochs > 1:
             policy.model.eval()
             old = torch.cat([policy_logprobs(policy.model, mb.input_ids.to(dev), mb.attention_mask.to(dev),
                                              mb.prompt_len, T).float().cpu()
@@ -142,7 +146,8 @@ def update(policy: Policy, batch: RolloutBatch, cfg: GRPOConfig, loss_cfg: LossC
             idx = slice(start, min(B, start + t.micro_batch_size))
             mb = batch.select(idx)
             lp = policy_logprobs(policy.model, mb.input_ids.to(dev), mb.attention_mask.to(dev), mb.prompt_len, T)
-            inputs = LossInputs(logprobs=lp.float(), old_logprobs=old[idx].to(dev), behav_logprobs=mb.behav_logprobs.to(dev),
+            old_mb = lp.detach().float() if prox_is_current else old[idx].to(dev)
+            inputs = LossInputs(logprobs=lp.float(), old_logprobs=old_mb, behav_logprobs=mb.behav_logprobs.to(dev),
                                 advantages=mb.advantages.to(dev), response_mask=mb.response_mask.to(dev),
                                 ref_logprobs=None if ref is None else ref[idx].to(dev))
             loss, m = policy_loss(inputs, loss_cfg, name=t.loss)
@@ -280,8 +285,9 @@ def train(cfg: GRPOConfig, run: RunDir) -> dict:
     sampler = PromptSampler(len(train_rows), cfg.seed)
     reward_set = RewardSet([RewardSpec(fn=x.fn, weight=x.weight, kwargs=dict(x.kwargs)) for x in cfg.reward],
                            timeout_s=cfg.reward_timeout_s, on_error=cfg.on_reward_error)
+    offpolicy = t.offpolicy or ("decoupled" if cfg.max_staleness > 0 else "none")
     loss_cfg = LossConfig(clip_low=t.clip_low, clip_high=t.clip_high, dual_clip_c=t.dual_clip_c, agg=t.loss_agg,
-                          max_len=r.max_new_tokens, kl_coef=t.kl_coef, offpolicy=t.offpolicy, is_cap=t.is_cap)
+                          max_len=r.max_new_tokens, kl_coef=t.kl_coef, offpolicy=offpolicy, is_cap=t.is_cap)
     advantage_fn = ADVANTAGES.get(t.advantage)
     G = r.num_generations
 

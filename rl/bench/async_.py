@@ -1,0 +1,146 @@
+"""Asynchronous rollout vs the synchronous loop: the default recipe at max_staleness 0, 1, 2, 4, plus a calibrated simulator.
+
+Each setting trains the default recipe (`configs/grpo_tiny.yaml`) for the same number of steps (so the same
+number of samples) in a fresh `rl train` process on Ray, with one rollout worker and the trainer each pinned to
+its own core (`cluster.pin_cpus=true`: trainer on core 0, worker on core 1, one torch thread each), and reports
+samples/s, trainer idle fraction (waiting for groups), worker idle fraction (not generating), staleness and the
+held-out accuracy at the end (greedy, 300 problems). `max_staleness 0` is the synchronous loop through the same
+code. Rates are over steps 2..N (the first step includes warm-up).
+
+The simulator (`rollout/simulator.py`, the controller's own scheduler) is calibrated from the synchronous run's
+measured generation time per task, training time per step and publish time, then (1) replays the 1-worker
+settings for comparison with what was measured and (2) projects throughput for M rollout workers x N trainer
+ranks, which one machine cannot measure.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rl.bench.common import markdown_table, write_report
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--staleness", default="0,1,2,4", help="max_staleness values to run (0 = synchronous)")
+    p.add_argument("--steps", type=int, default=40, help="training steps per setting (same samples for each)")
+    p.add_argument("--config", default="configs/grpo_tiny.yaml")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-pin", action="store_true", help="do not pin the trainer and the worker to their own cores")
+    p.add_argument("--project-staleness", type=int, default=2, help="max_staleness of the M x N projection")
+    p.add_argument("--workers", default="1,2,4,8,16", help="rollout workers M of the projection")
+    p.add_argument("--ranks", default="1,2,4,8", help="trainer ranks N of the projection")
+    p.add_argument("--dp-efficiency", type=float, default=0.9,
+                   help="assumed data-parallel scaling efficiency of the trainer for N > 1 (projection only)")
+    p.add_argument("--overrides", nargs="*", default=[], help="extra config overrides for every setting")
+
+
+def _train(a, ms: int, run_dir: Path) -> dict:
+    args = [a.config, f"seed={a.seed}", f"max_steps={a.steps}", f"max_staleness={ms}", "eval.every=0",
+            "checkpoint.every=0", "log.progress=false", "log.tensorboard=false", "cluster.backend=ray",
+            "cluster.rollout_workers=1", f"cluster.pin_cpus={'false' if a.no_pin else 'true'}",
+            f"run_dir={run_dir}", *a.overrides]
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "rl.cli", "train", *args], capture_output=True, text=True,
+                          env={**os.environ, "TQDM_DISABLE": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"rl train {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"summary": summary, "steps": [r for r in rows if r["step"] >= 1], "process_wall_s": time.time() - t0}
+
+
+def _measure(res: dict, ms: int, G: int) -> dict:
+    steps = res["steps"][1:]  # steady state: skip step 1
+    loop_s = sum(r["perf/step_s"] for r in steps)
+    samples = sum(r["dynamic_sampling/groups"] for r in steps) * G
+    s = res["summary"]
+    return {"max_staleness": ms, "steps": len(res["steps"]), "samples_per_s": samples / loop_s,
+            "trainer_idle_frac": sum(r["perf/trainer_wait_s"] for r in steps) / loop_s,
+            "worker_idle_frac": max(0.0, 1 - sum(r["perf/worker_gen_s"] for r in steps) / loop_s),
+            "staleness_mean": statistics.fmean(r["offpolicy/staleness_mean"] for r in steps),
+            "staleness_max": max(r["offpolicy/staleness_max"] for r in steps),
+            "acc_before": s["eval/accuracy_before"], "acc_after": s["eval/accuracy_after"],
+            "reward_last5": statistics.fmean(r["reward/mean"] for r in res["steps"][-5:]),
+            "train_loop_s": sum(r["perf/step_s"] for r in res["steps"]), "process_wall_s": res["process_wall_s"]}
+
+
+def _calibrate(res: dict, groups_per_step: int, prompts_per_task: int) -> dict:
+    """Per-task generation, per-step training and per-publish seconds of the synchronous run (medians)."""
+    steps = res["steps"][1:]
+    tasks_per_step = -(-groups_per_step // prompts_per_task)
+    return {"gen_s": statistics.median(r["perf/worker_gen_s"] for r in steps) / tasks_per_step,
+            "train_s": statistics.median(r["perf/train_s"] for r in steps),
+            "sync_s": statistics.median(r["perf/sync_s"] for r in steps) + statistics.median(
+                r["sync/worker_load_s"] for r in steps)}
+
+
+def run(a) -> dict:
+    from rl.config import load_config
+    from rl.zoo import resolve_model_path
+    from rollout.simulator import simulate
+
+    cfg = load_config(a.config, a.overrides)
+    resolve_model_path(cfg.model.path)  # build (or find) the model once, outside the timings
+    P, G = cfg.rollout.prompts_per_step, cfg.rollout.num_generations
+    k1 = cfg.rollout.prompts_per_task or P  # one worker
+    settings = [int(x) for x in a.staleness.split(",")]
+    if 0 not in settings:
+        settings = [0, *settings]  # the synchronous baseline calibrates the simulator and anchors the ratios
+    raw, rows = {}, []
+    with tempfile.TemporaryDirectory(prefix="orchard-bench-async-") as work:
+        for ms in settings:
+            print(f"[bench async] max_staleness={ms}: {a.steps} steps ...", flush=True)
+            raw[ms] = _train(a, ms, Path(work) / f"ms{ms}")
+            rows.append(_measure(raw[ms], ms, G))
+    base = rows[0]["samples_per_s"]
+    for r in rows:
+        r["speedup"] = r["samples_per_s"] / base
+        r["acc_delta_vs_sync"] = r["acc_after"] - rows[0]["acc_after"]
+
+    cal = _calibrate(raw[0], P, k1)
+    sim_kw = dict(groups_per_step=P, group_size=G, gen_s=cal["gen_s"], train_s=cal["train_s"], sync_s=cal["sync_s"],
+                  steps=max(a.steps, 50), dp_efficiency=a.dp_efficiency)
+    sim_base = simulate(workers=1, prompts_per_task=k1, max_staleness=0, **sim_kw).samples_per_s
+    check = []
+    for r in rows:
+        sim = simulate(workers=1, prompts_per_task=k1, max_staleness=r["max_staleness"], **sim_kw)
+        check.append({"max_staleness": r["max_staleness"], "measured_samples_per_s": r["samples_per_s"],
+                      "simulated_samples_per_s": sim.samples_per_s, "measured_speedup": r["speedup"],
+                      "simulated_speedup": sim.samples_per_s / sim_base,
+                      "sim_error": sim.samples_per_s / r["samples_per_s"] - 1,
+                      "measured_trainer_idle": r["trainer_idle_frac"], "simulated_trainer_idle": sim.trainer_idle_frac,
+                      "measured_worker_idle": r["worker_idle_frac"], "simulated_worker_idle": sim.worker_idle_frac})
+    proj = []
+    for n in [int(x) for x in a.ranks.split(",")]:
+        row = {"trainer_ranks": n}
+        for m in [int(x) for x in a.workers.split(",")]:
+            sim = simulate(workers=m, prompts_per_task=-(-P // m), max_staleness=a.project_staleness,
+                           trainer_ranks=n, **sim_kw)
+            row[f"M={m}"] = sim.samples_per_s
+        proj.append(row)
+    best = max((r for r in rows if r["max_staleness"] in (1, 2)), key=lambda r: r["speedup"], default=None)
+    notes = (
+        f"Default recipe ({P} prompts x {G} samples per step, {a.steps} steps, seed {a.seed}), one rollout worker and "
+        f"one trainer{'' if a.no_pin else ' pinned to their own cores'}; rates over steps 2..N. "
+        + (f"Best at max_staleness 1-2: **{best['speedup']:.2f}x** the synchronous samples/s (goal 1.7x), held-out "
+           f"accuracy {best['acc_after']:.3f} vs {rows[0]['acc_after']:.3f} synchronous.\n\n" if best else "\n\n")
+        + "## Simulator vs measured (1 worker)\n\nCalibrated from the synchronous run: "
+        f"{cal['gen_s']:.3f} s per generation task of {k1} prompts, {cal['train_s']:.3f} s per training step, "
+        f"{cal['sync_s']:.3f} s per publish.\n\n" + markdown_table(check)
+        + f"\n## Projection: samples/s for M rollout workers x N trainer ranks (max_staleness {a.project_staleness}, "
+        f"data-parallel efficiency {a.dp_efficiency})\n\n" + markdown_table(proj)
+        + "\nThe projection assumes each worker and each rank has its own device and that weight publishing costs "
+          "the same as measured here; it is a model of the scheduler, not a measurement.\n")
+    write_report("async", rows, a.out, notes=notes,
+                 extra={"calibration": cal, "simulator_check": check, "projection": proj, "steps": a.steps,
+                        "raw_summaries": {ms: raw[ms]["summary"] for ms in raw}},
+                 columns=["max_staleness", "samples_per_s", "speedup", "trainer_idle_frac", "worker_idle_frac",
+                          "staleness_mean", "staleness_max", "acc_before", "acc_after", "acc_delta_vs_sync",
+                          "reward_last5", "train_loop_s"])
+    return {"rows": rows, "simulator_check": check, "projection": proj}
