@@ -38,6 +38,8 @@ def add_arguments(p) -> None:
     p.add_argument("--dp-efficiency", type=float, default=0.9,
                    help="assumed data-parallel scaling efficiency of the trainer for N > 1 (projection only)")
     p.add_argument("--overrides", nargs="*", default=[], help="extra config overrides for every setting")
+    p.add_argument("--replay", metavar="ASYNC_JSON",
+                   help="no training: redo the simulator tables from a previous report's measurements")
 
 
 def _train(a, ms: int, run_dir: Path) -> dict:
@@ -80,10 +82,76 @@ def _calibrate(res: dict, groups_per_step: int, prompts_per_task: int) -> dict:
                 r["sync/worker_load_s"] for r in steps)}
 
 
+def _simulate(a, cal: dict, rows: list[dict], P: int, G: int, k1: int) -> tuple[list[dict], list[dict]]:
+    """(1) the measured 1-worker settings replayed in the simulator; (2) the M workers x N ranks projection, where
+    a worker's task shrinks to ceil(P / M) prompts and its generation time scales with the prompts in it (linear
+    in batch size: optimistic for small batches on a GPU, about right on a CPU)."""
+    from rollout.simulator import simulate
+
+    per_prompt = cal["gen_s"] / k1
+    sim_kw = dict(groups_per_step=P, group_size=G, train_s=cal["train_s"], sync_s=cal["sync_s"],
+                  steps=max(a.steps, 50), dp_efficiency=a.dp_efficiency)
+    sim_base = simulate(workers=1, prompts_per_task=k1, gen_s=cal["gen_s"], max_staleness=0, **sim_kw).samples_per_s
+    check = []
+    for r in rows:
+        sim = simulate(workers=1, prompts_per_task=k1, gen_s=cal["gen_s"], max_staleness=r["max_staleness"],
+                       **sim_kw)
+        check.append({"max_staleness": r["max_staleness"], "measured_samples_per_s": r["samples_per_s"],
+                      "simulated_samples_per_s": sim.samples_per_s, "measured_speedup": r["speedup"],
+                      "simulated_speedup": sim.samples_per_s / sim_base,
+                      "sim_error": sim.samples_per_s / r["samples_per_s"] - 1,
+                      "measured_trainer_idle": r["trainer_idle_frac"], "simulated_trainer_idle": sim.trainer_idle_frac,
+                      "measured_worker_idle": r["worker_idle_frac"], "simulated_worker_idle": sim.worker_idle_frac})
+    proj = []
+    for n in [int(x) for x in a.ranks.split(",")]:
+        row = {"trainer_ranks": n}
+        for m in [int(x) for x in a.workers.split(",")]:
+            k = -(-P // m)
+            sim = simulate(workers=m, prompts_per_task=k, gen_s=per_prompt * k, max_staleness=a.project_staleness,
+                           trainer_ranks=n, **sim_kw)
+            row[f"M={m}"] = sim.samples_per_s
+        proj.append(row)
+    return check, proj
+
+
+def _report(a, rows: list[dict], cal: dict, P: int, G: int, k1: int, extra: dict) -> dict:
+    check, proj = _simulate(a, cal, rows, P, G, k1)
+    best = max((r for r in rows if r["max_staleness"] in (1, 2)), key=lambda r: r["speedup"], default=None)
+    # one worker + one trainer overlap at best into max(generation, training + publish) per step
+    bound = (cal["gen_s"] * -(-P // k1) + cal["train_s"] + cal["sync_s"]) / max(cal["gen_s"] * -(-P // k1),
+                                                                                cal["train_s"] + cal["sync_s"])
+    notes = (
+        f"Default recipe ({P} prompts x {G} samples per step, {a.steps} steps, seed {a.seed}), one rollout worker and "
+        f"one trainer{'' if a.no_pin else ' pinned to their own cores'}; rates over steps 2..N. "
+        + (f"Best at max_staleness 1-2: **{best['speedup']:.2f}x** the synchronous samples/s (goal 1.7x; the overlap "
+           f"bound for these stage times is {bound:.2f}x), held-out accuracy {best['acc_after']:.3f} vs "
+           f"{rows[0]['acc_after']:.3f} synchronous.\n\n" if best else "\n\n")
+        + "## Simulator vs measured (1 worker)\n\nCalibrated from the synchronous run: "
+        f"{cal['gen_s']:.3f} s per generation task of {k1} prompts, {cal['train_s']:.3f} s per training step, "
+        f"{cal['sync_s']:.3f} s per publish.\n\n" + markdown_table(check)
+        + f"\n## Projection: samples/s for M rollout workers x N trainer ranks (max_staleness {a.project_staleness}, "
+        f"data-parallel efficiency {a.dp_efficiency})\n\n" + markdown_table(proj)
+        + "\nThe projection assumes each worker and each rank has its own device, generation time linear in the "
+          "prompts per task, and weight publishing as measured here; it is a model of the scheduler, not a "
+          "measurement.\n")
+    write_report("async", rows, a.out, notes=notes,
+                 extra={"calibration": cal, "overlap_bound": bound, "simulator_check": check, "projection": proj,
+                        "steps": a.steps, "groups_per_step": P, "group_size": G, "prompts_per_task": k1, **extra},
+                 columns=["max_staleness", "samples_per_s", "speedup", "trainer_idle_frac", "worker_idle_frac",
+                          "staleness_mean", "staleness_max", "acc_before", "acc_after", "acc_delta_vs_sync",
+                          "reward_last5", "train_loop_s"])
+    return {"rows": rows, "simulator_check": check, "projection": proj, "overlap_bound": bound}
+
+
 def run(a) -> dict:
+    if a.replay:  # re-simulate from a previous report (e.g. another M x N grid) without training again
+        prev = json.loads(Path(a.replay).read_text())
+        a.steps = prev["steps"]
+        return _report(a, prev["rows"], prev["calibration"], prev["groups_per_step"], prev["group_size"],
+                       prev["prompts_per_task"], {"replayed_from": str(a.replay),
+                                                  **{k: prev[k] for k in ("raw_summaries",) if k in prev}})
     from rl.config import load_config
     from rl.zoo import resolve_model_path
-    from rollout.simulator import simulate
 
     cfg = load_config(a.config, a.overrides)
     resolve_model_path(cfg.model.path)  # build (or find) the model once, outside the timings
@@ -102,45 +170,5 @@ def run(a) -> dict:
     for r in rows:
         r["speedup"] = r["samples_per_s"] / base
         r["acc_delta_vs_sync"] = r["acc_after"] - rows[0]["acc_after"]
-
-    cal = _calibrate(raw[0], P, k1)
-    sim_kw = dict(groups_per_step=P, group_size=G, gen_s=cal["gen_s"], train_s=cal["train_s"], sync_s=cal["sync_s"],
-                  steps=max(a.steps, 50), dp_efficiency=a.dp_efficiency)
-    sim_base = simulate(workers=1, prompts_per_task=k1, max_staleness=0, **sim_kw).samples_per_s
-    check = []
-    for r in rows:
-        sim = simulate(workers=1, prompts_per_task=k1, max_staleness=r["max_staleness"], **sim_kw)
-        check.append({"max_staleness": r["max_staleness"], "measured_samples_per_s": r["samples_per_s"],
-                      "simulated_samples_per_s": sim.samples_per_s, "measured_speedup": r["speedup"],
-                      "simulated_speedup": sim.samples_per_s / sim_base,
-                      "sim_error": sim.samples_per_s / r["samples_per_s"] - 1,
-                      "measured_trainer_idle": r["trainer_idle_frac"], "simulated_trainer_idle": sim.trainer_idle_frac,
-                      "measured_worker_idle": r["worker_idle_frac"], "simulated_worker_idle": sim.worker_idle_frac})
-    proj = []
-    for n in [int(x) for x in a.ranks.split(",")]:
-        row = {"trainer_ranks": n}
-        for m in [int(x) for x in a.workers.split(",")]:
-            sim = simulate(workers=m, prompts_per_task=-(-P // m), max_staleness=a.project_staleness,
-                           trainer_ranks=n, **sim_kw)
-            row[f"M={m}"] = sim.samples_per_s
-        proj.append(row)
-    best = max((r for r in rows if r["max_staleness"] in (1, 2)), key=lambda r: r["speedup"], default=None)
-    notes = (
-        f"Default recipe ({P} prompts x {G} samples per step, {a.steps} steps, seed {a.seed}), one rollout worker and "
-        f"one trainer{'' if a.no_pin else ' pinned to their own cores'}; rates over steps 2..N. "
-        + (f"Best at max_staleness 1-2: **{best['speedup']:.2f}x** the synchronous samples/s (goal 1.7x), held-out "
-           f"accuracy {best['acc_after']:.3f} vs {rows[0]['acc_after']:.3f} synchronous.\n\n" if best else "\n\n")
-        + "## Simulator vs measured (1 worker)\n\nCalibrated from the synchronous run: "
-        f"{cal['gen_s']:.3f} s per generation task of {k1} prompts, {cal['train_s']:.3f} s per training step, "
-        f"{cal['sync_s']:.3f} s per publish.\n\n" + markdown_table(check)
-        + f"\n## Projection: samples/s for M rollout workers x N trainer ranks (max_staleness {a.project_staleness}, "
-        f"data-parallel efficiency {a.dp_efficiency})\n\n" + markdown_table(proj)
-        + "\nThe projection assumes each worker and each rank has its own device and that weight publishing costs "
-          "the same as measured here; it is a model of the scheduler, not a measurement.\n")
-    write_report("async", rows, a.out, notes=notes,
-                 extra={"calibration": cal, "simulator_check": check, "projection": proj, "steps": a.steps,
-                        "raw_summaries": {ms: raw[ms]["summary"] for ms in raw}},
-                 columns=["max_staleness", "samples_per_s", "speedup", "trainer_idle_frac", "worker_idle_frac",
-                          "staleness_mean", "staleness_max", "acc_before", "acc_after", "acc_delta_vs_sync",
-                          "reward_last5", "train_loop_s"])
-    return {"rows": rows, "simulator_check": check, "projection": proj}
+    return _report(a, rows, _calibrate(raw[0], P, k1), P, G, k1,
+                   {"raw_summaries": {ms: raw[ms]["summary"] for ms in raw}})

@@ -1,0 +1,42 @@
+"""`rl bench async` end to end on a tiny budget (real Ray, real training): the report's structure and the
+invariants that hold whatever the machine's speed; no timing thresholds."""
+import json
+
+import pytest
+
+from rl.cli import main
+
+pytestmark = pytest.mark.slow
+
+TINY = ["model.path=random-3m", "reward=[exact_match, {fn: length_penalty, kwargs: {target: 1, scale: 4}}]",
+        "data.train_size=64", "data.eval_size=8", "rollout.prompts_per_step=4", "rollout.num_generations=4",
+        "rollout.max_new_tokens=4", "eval.max_new_tokens=4", "trainer.lr=1e-3"]
+
+
+def test_bench_async_report_and_replay(tmp_path):
+    out = tmp_path / "out"
+    assert main(["bench", "async", "--steps", "4", "--staleness", "1", "--workers", "1,2", "--ranks", "1,2",
+                 "--out", str(out), "--overrides", *TINY]) == 0
+    rep = json.loads((out / "async.json").read_text())
+    rows = {r["max_staleness"]: r for r in rep["rows"]}
+    assert set(rows) == {0, 1}  # the synchronous baseline is always measured
+    assert rows[0]["speedup"] == 1.0 and rows[0]["staleness_max"] == 0
+    assert rows[1]["staleness_max"] <= 1
+    for r in rows.values():
+        assert r["samples_per_s"] > 0 and 0 <= r["trainer_idle_frac"] <= 1 and 0 <= r["worker_idle_frac"] <= 1
+    cal = rep["calibration"]
+    assert cal["gen_s"] > 0 and cal["train_s"] > 0
+    assert [c["max_staleness"] for c in rep["simulator_check"]] == [0, 1]
+    assert [p["trainer_ranks"] for p in rep["projection"]] == [1, 2]
+    assert set(rep["projection"][0]) == {"trainer_ranks", "M=1", "M=2"}
+    assert rep["overlap_bound"] >= 1.0
+    assert "Simulator vs measured" in (out / "async.md").read_text()
+    # replay: the same measurements, a bigger projection grid, no training
+    out2 = tmp_path / "out2"
+    assert main(["bench", "async", "--replay", str(out / "async.json"), "--workers", "1,2,4", "--ranks", "1,2,4",
+                 "--out", str(out2)]) == 0
+    rep2 = json.loads((out2 / "async.json").read_text())
+    assert rep2["rows"] == rep["rows"] and rep2["simulator_check"] == rep["simulator_check"]
+    assert len(rep2["projection"]) == 3 and "M=4" in rep2["projection"][0]
+    # more trainer ranks never project fewer samples/s for the same workers
+    assert rep2["projection"][2]["M=4"] >= rep2["projection"][0]["M=4"]
