@@ -7,4 +7,5 @@ BENCHES: dict[str, str] = {
     "rollout": "rl.bench.rollout",
     "grpo": "rl.bench.grpo",
     "envs": "rl.bench.envs",
+    "marl": "rl.bench.marl",
 }
