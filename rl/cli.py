@@ -25,7 +25,8 @@ examples:
   rl eval runs/x                                        # held-out accuracy of a run's last checkpoint
   rl models build tiny-arith                            # build (and cache) the embedded tiny model
   rl plot runs/x                                        # PNG learning curves into runs/x/plots
-  rl bench rollout                                      # benchmarks: rollout, grpo, envs
+  rl train configs/ippo_mpe_spread.yaml                 # multi-agent: IPPO / MAPPO (JAX) on JaxMARL envs
+  rl bench rollout                                      # benchmarks: rollout, grpo, envs, marl
 """
 
 
@@ -187,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="PNG learning curves of a run into RUN_DIR/plots")
     pl.add_argument("run_dir")
 
-    b = sub.add_parser("bench", help="benchmarks (JSON + markdown): rollout, grpo, envs; `rl bench NAME --help`",
+    b = sub.add_parser("bench", help="benchmarks (JSON + markdown): rollout, grpo, envs, marl; `rl bench NAME --help`",
                        add_help=False)
     b.add_argument("name")
     return p

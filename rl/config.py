@@ -62,6 +62,8 @@ class JobConfig(Section):
 JOBS: dict[str, str] = {
     "grpo": "trainers.grpo.job:JOB",
     "ppo": "trainers.ppo.job:JOB",
+    "ippo": "trainers.marl.job:JOB",
+    "mappo": "trainers.marl.job:MAPPO_JOB",
 }
 
 

@@ -8,4 +8,5 @@ BENCHES: dict[str, str] = {
     "grpo": "rl.bench.grpo",
     "envs": "rl.bench.envs",
     "async": "rl.bench.async_",
+    "marl": "rl.bench.marl",
 }

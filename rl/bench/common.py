@@ -1,6 +1,8 @@
 """Shared helpers for benchmark reports: JSON + markdown table, written side by side under `--out`."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import platform
 import time
@@ -36,14 +38,26 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def csv_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    cols = columns or list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
 def write_report(name: str, rows: list[dict], out_dir: str | Path, extra: dict | None = None,
-                 notes: str = "", columns: list[str] | None = None) -> Path:
-    """Write `<out>/<name>.json` (rows + machine info + extra) and `<out>/<name>.md`; return the md path."""
+                 notes: str = "", columns: list[str] | None = None, write_csv: bool = False) -> Path:
+    """Write `<out>/<name>.json` (rows + machine info + extra) and `<out>/<name>.md` (and `<out>/<name>.csv` of the
+    rows when `write_csv`); return the md path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"bench": name, "machine": machine_info(), "rows": rows, **(extra or {})}
     atomic_write_text(out / f"{name}.json", json.dumps(payload, indent=2, default=str))
     md = f"# rl bench {name}\n\n{markdown_table(rows, columns)}\n{notes}\n"
     atomic_write_text(out / f"{name}.md", md)
+    if write_csv:
+        atomic_write_text(out / f"{name}.csv", csv_table(rows, columns))
     print(md)
     return out / f"{name}.md"

@@ -1,7 +1,15 @@
-"""Vector-env throughput: our layer vs raw EnvPool (wrapper overhead) and vs gymnasium's SyncVectorEnv.
+"""Env throughput, three sections, each measured side by side in one run (`--sections` picks them):
 
-Each system steps CartPole-v1 with 64 envs and pre-drawn random actions for the same number of steps; the three
-are interleaved over `--repeats` rounds (these machines are noisy) and the median of each is reported.
+- `cartpole`: our vector-env layer vs raw EnvPool (wrapper overhead) and vs gymnasium's SyncVectorEnv, CartPole-v1
+  with `--num-envs` envs and pre-drawn random actions.
+- `mpe`: JaxMARL MPE simple_spread through our layer (`envs.marl`, jit + vmap over `--mpe-envs` envs + scan over
+  `--mpe-steps` steps, random actions), the raw JaxMARL env the same way (our layer's overhead), and the mpe2
+  (PettingZoo) Python loop, one env, random actions. One env step = one joint step of all 3 agents.
+- `ippo`: IPPO training throughput on simple_spread (16 envs x 128 steps per update per seed), 1 seed vs
+  `--ippo-seeds` seeds vmapped in one jitted call, compile excluded.
+
+Within a section the systems are interleaved over `--repeats` rounds (these machines are noisy) and the median of
+each is reported with its ratio to the section's baseline.
 """
 from __future__ import annotations
 
@@ -12,14 +20,32 @@ import numpy as np
 
 from rl.bench.common import write_report
 
+SECTIONS = ("cartpole", "mpe", "ippo")
+
 
 def add_arguments(p) -> None:
-    p.add_argument("--task", default="CartPole-v1")
-    p.add_argument("--num-envs", type=int, default=64)
-    p.add_argument("--steps", type=int, default=2000, help="vector steps per measurement")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--task", default="CartPole-v1")
+    p.add_argument("--num-envs", type=int, default=64, help="cartpole: vector envs")
+    p.add_argument("--steps", type=int, default=2000, help="cartpole: vector steps per measurement")
+    p.add_argument("--mpe-envs", type=int, default=1024, help="mpe: envs vmapped in our layer")
+    p.add_argument("--mpe-steps", type=int, default=100, help="mpe: scanned steps per jitted call")
+    p.add_argument("--mpe2-steps", type=int, default=2000, help="mpe: steps of the mpe2 Python loop per measurement")
+    p.add_argument("--ippo-seeds", type=int, default=16, help="ippo: seeds vmapped (compared with 1 seed)")
+    p.add_argument("--ippo-updates", type=int, default=5, help="ippo: PPO updates per measurement")
 
 
+def _median_rates(systems: dict, repeats: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """systems: name -> zero-argument function returning env-steps/s of one measurement; interleaved rounds."""
+    rates: dict[str, list[float]] = {k: [] for k in systems}
+    for _ in range(repeats):
+        for k, measure in systems.items():
+            rates[k].append(measure())
+    return {k: statistics.median(v) for k, v in rates.items()}, rates
+
+
+# --- cartpole: EnvPool vs our layer vs gymnasium ---------------------------------------------------------------------
 def _rate(env, actions) -> float:
     env.reset()
     step = env.step
@@ -29,33 +55,164 @@ def _rate(env, actions) -> float:
     return len(actions) * len(actions[0]) / (time.perf_counter() - t0)
 
 
-def run(a) -> dict:
+def cartpole(a) -> tuple[list[dict], dict, str]:
     import envpool
 
     from envs.vector import make_vec_env
 
     rng = np.random.default_rng(0)
     actions = [rng.integers(0, 2, size=a.num_envs).astype(np.int32) for _ in range(a.steps)]
-    systems = {
-        "raw envpool": lambda: envpool.make(a.task, env_type="gymnasium", num_envs=a.num_envs, seed=0),
-        "orchard (envpool)": lambda: make_vec_env(a.task, a.num_envs, 0),
-        "gymnasium SyncVectorEnv": lambda: make_vec_env(f"gymnasium/{a.task}", a.num_envs, 0),
+    envs = {
+        "raw envpool": envpool.make(a.task, env_type="gymnasium", num_envs=a.num_envs, seed=0),
+        "orchard (envpool)": make_vec_env(a.task, a.num_envs, 0),
+        "gymnasium SyncVectorEnv": make_vec_env(f"gymnasium/{a.task}", a.num_envs, 0),
     }
-    envs = {k: f() for k, f in systems.items()}
-    rates: dict[str, list[float]] = {k: [] for k in systems}
-    for _ in range(a.repeats):
-        for k, env in envs.items():
-            n = actions if "gymnasium" not in k else actions[: max(50, a.steps // 10)]  # gymnasium is far slower
-            rates[k].append(_rate(env, n))
+    short = actions[: max(50, a.steps // 10)]  # gymnasium is far slower
+    med, rates = _median_rates({k: (lambda env=env, k=k: _rate(env, short if "gymnasium" in k else actions))
+                                for k, env in envs.items()}, a.repeats)
     for env in envs.values():
         env.close()
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    raw = med["raw envpool"]
-    rows = [{"system": k, "env_steps_per_s": v, "vs_raw_envpool": v / raw,
+    raw, ours = med["raw envpool"], med["orchard (envpool)"]
+    rows = [{"section": "cartpole", "system": k, "config": f"{a.task}, {a.num_envs} envs", "env_steps_per_s": v,
+             "ratio": v / raw, "ratio_to": "raw envpool", "vs_raw_envpool": v / raw,
              "overhead_pct": 100 * (raw / v - 1) if k != "raw envpool" else 0.0} for k, v in med.items()]
-    ours = med["orchard (envpool)"]
-    notes = (f"Wrapper overhead over raw EnvPool: {100 * (raw / ours - 1):+.1f}% (goal < 5%). "
-             f"Orchard/EnvPool vs gymnasium SyncVectorEnv: {ours / med['gymnasium SyncVectorEnv']:.1f}x. "
-             f"{a.task}, {a.num_envs} envs, median of {a.repeats} interleaved rounds.")
-    write_report("envs", rows, a.out, extra={"rates": rates}, notes=notes)
+    notes = (f"cartpole: wrapper overhead over raw EnvPool {100 * (raw / ours - 1):+.1f}% (goal < 5%); "
+             f"Orchard/EnvPool vs gymnasium SyncVectorEnv {ours / med['gymnasium SyncVectorEnv']:.1f}x.")
+    return rows, rates, notes
+
+
+# --- mpe: JaxMARL through our layer vs raw JaxMARL vs the mpe2 Python loop -------------------------------------------
+def _jax_stepper(reset, step, num_envs: int, num_steps: int, num_agents: int, num_actions: int):
+    """A measure() for a jitted rollout: vmap(step) over envs inside a scan over steps, random actions."""
+    import jax
+
+    def rollout(state, key):
+        def body(state, k):
+            k_act, k_env = jax.random.split(k)
+            actions = jax.random.randint(k_act, (num_envs, num_agents), 0, num_actions)  # [E, A]
+            state, reward = jax.vmap(step)(jax.random.split(k_env, num_envs), state, actions)
+            return state, reward.sum()
+        state, rewards = jax.lax.scan(body, state, jax.random.split(key, num_steps))
+        return state, rewards.sum()  # the reward sum keeps the whole rollout live
+
+    run = jax.jit(rollout)
+    state = jax.jit(jax.vmap(reset))(jax.random.split(jax.random.PRNGKey(0), num_envs))
+    box = {"state": state, "key": jax.random.PRNGKey(1)}
+    jax.block_until_ready(run(state, box["key"]))  # compile
+
+    def measure() -> float:
+        box["key"], k = jax.random.split(box["key"])
+        t0 = time.perf_counter()
+        box["state"], total = run(box["state"], k)
+        jax.block_until_ready(total)
+        return num_envs * num_steps / (time.perf_counter() - t0)
+
+    return measure
+
+
+def _mpe2_stepper(num_steps: int):
+    from mpe2 import simple_spread_v3
+
+    env = simple_spread_v3.parallel_env(N=3, max_cycles=25, continuous_actions=False)
+    env.reset(seed=0)
+    agents = list(env.possible_agents)
+    rng = np.random.default_rng(0)
+    actions = [dict(zip(agents, rng.integers(0, 5, size=len(agents)).tolist())) for _ in range(num_steps)]
+
+    def measure() -> float:
+        env.reset(seed=0)
+        t0 = time.perf_counter()
+        for act in actions:
+            _, _, term, trunc, _ = env.step(act)
+            if not env.agents or any(term.values()) or any(trunc.values()):
+                env.reset()
+        return num_steps / (time.perf_counter() - t0)
+
+    return measure
+
+
+def mpe(a) -> tuple[list[dict], dict, str]:
+    from envs.marl import make_marl_env
+
+    ours = make_marl_env("mpe_simple_spread")
+    raw = ours.env  # the JaxMARL SimpleSpreadMPE itself
+    A, K = ours.num_agents, ours.num_actions
+
+    def ours_step(key, state, actions):
+        _, state, reward, _, _ = ours.step_stacked(key, state, actions)
+        return state, reward
+
+    def raw_step(key, state, actions):
+        _, state, reward, _, _ = raw.step(key, state, {ag: actions[i] for i, ag in enumerate(raw.agents)})
+        return state, reward[raw.agents[0]]
+
+    systems = {
+        "orchard envs.marl (JaxMARL)": _jax_stepper(ours.reset_stacked, ours_step, a.mpe_envs, a.mpe_steps, A, K),
+        "raw JaxMARL": _jax_stepper(lambda k: raw.reset(k)[1], raw_step, a.mpe_envs, a.mpe_steps, A, K),
+        "mpe2 Python loop": _mpe2_stepper(a.mpe2_steps),
+    }
+    med, rates = _median_rates(systems, a.repeats)
+    base = med["mpe2 Python loop"]
+    configs = {"mpe2 Python loop": "1 env"}
+    rows = [{"section": "mpe", "system": k, "config": f"simple_spread, {configs.get(k, f'{a.mpe_envs} envs x {a.mpe_steps} steps')}",
+             "env_steps_per_s": v, "ratio": v / base, "ratio_to": "mpe2 Python loop"} for k, v in med.items()]
+    ratio = med["orchard envs.marl (JaxMARL)"] / base
+    overhead = 100 * (med["raw JaxMARL"] / med["orchard envs.marl (JaxMARL)"] - 1)
+    notes = (f"mpe: our layer vs the mpe2 Python loop {ratio:.0f}x (goal >= 80x: {'met' if ratio >= 80 else 'NOT met'}); "
+             f"our layer's overhead over raw JaxMARL {overhead:+.1f}%.")
+    return rows, rates, notes
+
+
+# --- ippo: training throughput, 1 seed vs many seeds vmapped -----------------------------------------------------------
+def _ippo_stepper(num_seeds: int, updates: int):
+    import jax
+
+    from trainers.marl.common import make_trainer, seed_keys
+    from trainers.marl.config import IPPOConfig
+
+    cfg = IPPOConfig(env={"name": "mpe_simple_spread", "num_envs": 16}, num_steps=128)
+    trainer = make_trainer(cfg)
+    runner = jax.jit(jax.vmap(trainer.init))(seed_keys(0, num_seeds))
+    segment = jax.jit(jax.vmap(lambda r: trainer.segment(r, updates))).lower(runner).compile()
+    box = {"runner": runner}
+
+    def measure() -> float:
+        t0 = time.perf_counter()
+        box["runner"], metrics = segment(box["runner"])
+        jax.block_until_ready(metrics)
+        return num_seeds * updates * trainer.env_steps_per_update / (time.perf_counter() - t0)
+
+    return measure, f"simple_spread, per seed 16 envs x 128 steps, {updates} updates per call"
+
+
+def ippo(a) -> tuple[list[dict], dict, str]:
+    one, config = _ippo_stepper(1, a.ippo_updates)
+    many, _ = _ippo_stepper(a.ippo_seeds, a.ippo_updates)
+    names = {"IPPO, 1 seed": one, f"IPPO, {a.ippo_seeds} seeds vmapped": many}
+    med, rates = _median_rates(names, a.repeats)
+    base = med["IPPO, 1 seed"]
+    rows = [{"section": "ippo", "system": k, "config": config, "env_steps_per_s": v, "ratio": v / base,
+             "ratio_to": "IPPO, 1 seed"} for k, v in med.items()]
+    notes = (f"ippo: {a.ippo_seeds} seeds vmapped train at {med[f'IPPO, {a.ippo_seeds} seeds vmapped'] / base:.1f}x the "
+             f"env-steps/s of 1 seed (all seeds counted; compile excluded).")
+    return rows, rates, notes
+
+
+def run(a) -> dict:
+    sections = [s.strip() for s in a.sections.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        from rl.registry import did_you_mean
+
+        raise ValueError(f"unknown section '{unknown[0]}'{did_you_mean(unknown[0], SECTIONS)}; known: {', '.join(SECTIONS)}")
+    fns = {"cartpole": cartpole, "mpe": mpe, "ippo": ippo}
+    rows, rates, notes = [], {}, []
+    for s in sections:
+        r, rt, n = fns[s](a)
+        rows += r
+        rates[s] = rt
+        notes.append(n)
+    notes.append(f"Median of {a.repeats} interleaved rounds per section; `ratio` is env-steps/s over `ratio_to`.")
+    write_report("envs", rows, a.out, extra={"rates": rates, "sections": sections}, notes="\n\n".join(notes),
+                 columns=["section", "system", "config", "env_steps_per_s", "ratio", "ratio_to"])
     return {"rows": rows}

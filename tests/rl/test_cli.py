@@ -28,7 +28,8 @@ def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
 
 
 def test_bench_envs_writes_reports(tmp_path):
-    assert main(["bench", "envs", "--steps", "20", "--repeats", "1", "--num-envs", "4", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "envs", "--sections", "cartpole", "--steps", "20", "--repeats", "1", "--num-envs", "4",
+                 "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "envs.json").read_text())
     assert {r["system"] for r in data["rows"]} == {"raw envpool", "orchard (envpool)", "gymnasium SyncVectorEnv"}
     assert all(r["env_steps_per_s"] > 0 for r in data["rows"])

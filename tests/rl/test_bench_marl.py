@@ -1,0 +1,44 @@
+"""`rl bench marl` and the MARL sections of `rl bench envs` on tiny budgets: files written, expected rows."""
+import csv
+import json
+
+import pytest
+
+from rl.cli import main
+
+
+@pytest.mark.slow
+def test_bench_marl_writes_table_csv_and_curves(tmp_path):
+    assert main(["bench", "marl", "--envs", "switch_riddle", "--algos", "ippo,mappo", "--seeds", "2",
+                 "--timesteps", "512", "--num-envs", "4", "--num-steps", "32", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "marl.json").read_text())
+    assert [(r["env"], r["algo"], r["seeds"]) for r in data["rows"]] == [("switch_riddle", "ippo", 2),
+                                                                         ("switch_riddle", "mappo", 2)]
+    for r in data["rows"]:
+        assert r["env_steps_per_s"] > 0 and r["wall_s"] > 0 and r["return_final_std"] >= 0
+        assert r["return_final_min"] <= r["return_final_mean"] <= r["return_final_max"]
+    curve = data["curves"]["switch_riddle"]["ippo"]
+    assert len(curve["env_steps"]) == len(curve["mean"]) == 4  # 512 steps / (4 envs x 32 steps) updates
+    md = (tmp_path / "marl.md").read_text()
+    assert "| env | algo | seeds |" in md and "| switch_riddle | mappo | 2 |" in md
+    rows = list(csv.DictReader((tmp_path / "marl.csv").open()))
+    assert [(r["env"], r["algo"]) for r in rows] == [("switch_riddle", "ippo"), ("switch_riddle", "mappo")]
+    png = tmp_path / "marl_switch_riddle.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_marl_unknown_env_fails_before_training(tmp_path):
+    with pytest.raises(KeyError, match="did you mean 'coin_game'"):
+        main(["bench", "marl", "--envs", "coin_gme", "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_bench_envs_marl_sections(tmp_path):
+    assert main(["bench", "envs", "--sections", "mpe,ippo", "--repeats", "1", "--mpe-envs", "8", "--mpe-steps", "10",
+                 "--mpe2-steps", "50", "--ippo-seeds", "2", "--ippo-updates", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "envs.json").read_text())["rows"]
+    assert [(r["section"], r["system"]) for r in rows] == [
+        ("mpe", "orchard envs.marl (JaxMARL)"), ("mpe", "raw JaxMARL"), ("mpe", "mpe2 Python loop"),
+        ("ippo", "IPPO, 1 seed"), ("ippo", "IPPO, 2 seeds vmapped")]
+    assert all(r["env_steps_per_s"] > 0 for r in rows)
+    assert "vs the mpe2 Python loop" in (tmp_path / "envs.md").read_text()
