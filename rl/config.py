@@ -62,6 +62,7 @@ class JobConfig(Section):
 JOBS: dict[str, str] = {
     "grpo": "trainers.grpo.job:JOB",
     "ppo": "trainers.ppo.job:JOB",
+    "sac": "trainers.sac.job:JOB",
 }
 
 
