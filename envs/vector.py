@@ -5,6 +5,10 @@
 terminated [N], truncated [N], info)` and `close()`. Both backends auto-reset an env on the step *after* it
 ended (gymnasium's NEXT_STEP mode, EnvPool's native behaviour): that step ignores the action, returns the new
 episode's first observation, reward 0 and no done flags. The EnvPool hot path is EnvPool's own bound method.
+
+Discrete envs (CartPole, ...) take integer actions [N]; continuous ones (Pendulum, MuJoCo) take float actions
+[N, act_dim] inside `single_action_space.low/high` (`action_bounds(env)`). EnvPool's MuJoCo envs return float64
+observations; trainers cast to float32 themselves.
 """
 from __future__ import annotations
 
@@ -51,9 +55,21 @@ class GymnasiumVec:
         self.env.close()
 
 
-for _task in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0"):
+for _task in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1"):
     ENVS.register(_task)(lambda n, s, _t=_task: EnvPoolVec(_t, n, s))
     ENVS.register(f"gymnasium/{_task}")(lambda n, s, _t=_task: GymnasiumVec(_t, n, s))
+# MuJoCo (continuous actions) from the EnvPool wheel; gymnasium 1.3 only ships their v5 versions.
+for _task in ("InvertedPendulum-v4", "InvertedDoublePendulum-v4", "Hopper-v4", "HalfCheetah-v4", "Walker2d-v4"):
+    ENVS.register(_task)(lambda n, s, _t=_task: EnvPoolVec(_t, n, s))
+ENVS.register("gymnasium/InvertedPendulum-v5")(lambda n, s: GymnasiumVec("InvertedPendulum-v5", n, s))
+
+
+def action_bounds(env) -> tuple[np.ndarray, np.ndarray]:
+    """(low [act_dim], high [act_dim]) as float32 of a continuous-action env; ConfigError for discrete ones."""
+    space = env.single_action_space
+    if not hasattr(space, "low"):
+        raise ConfigError(f"env.name: this job needs continuous (Box) actions, got {space}")
+    return np.asarray(space.low, dtype=np.float32).reshape(-1), np.asarray(space.high, dtype=np.float32).reshape(-1)
 
 
 def make_vec_env(name: str, num_envs: int, seed: int):

@@ -64,6 +64,7 @@ JOBS: dict[str, str] = {
     "ppo": "trainers.ppo.job:JOB",
     "ippo": "trainers.marl.job:JOB",
     "mappo": "trainers.marl.job:MAPPO_JOB",
+    "sac": "trainers.sac.job:JOB",
 }
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from envs.vector import ENVS, EpisodeStats, make_vec_env
+from envs.vector import ENVS, EpisodeStats, action_bounds, make_vec_env
 from rl.errors import ConfigError
 
 
@@ -12,8 +12,16 @@ def test_vector_env_contract(name):
     env = make_vec_env(name, n, seed=1)
     obs, info = env.reset()
     assert obs.shape == (n, *env.single_observation_space.shape)
-    rng = np.random.default_rng(0)
-    actions = [np.array([env.single_action_space.sample() for _ in range(n)]) for _ in range(600)]
+    space = env.single_action_space
+    space.seed(0)
+    if hasattr(space, "n"):  # discrete: integer actions [N]
+        assert space.shape == ()
+    else:  # continuous (Box): float actions [N, act_dim] inside finite bounds
+        low, high = action_bounds(env)
+        assert low.shape == high.shape == space.shape and np.all(np.isfinite(low)) and np.all(low < high)
+    # 1100 steps: long enough for an episode to end even in envs truncated at 1000 steps (HalfCheetah)
+    actions = [np.array([space.sample() for _ in range(n)]) for _ in range(1100)]
+    assert actions[0].shape == (n, *space.shape)
     saw_done, after_done_ok, trajectory = False, True, [obs.copy()]
     prev_done = np.zeros(n, dtype=bool)
     for a in actions:
@@ -27,7 +35,7 @@ def test_vector_env_contract(name):
         saw_done |= bool(prev_done.any())
         trajectory.append(obs.copy())
     env.close()
-    assert saw_done, "no episode ended in 600 random steps"
+    assert saw_done, "no episode ended in 1100 random steps"
     assert after_done_ok
     again = make_vec_env(name, n, seed=1)
     obs2, _ = again.reset()
@@ -49,3 +57,10 @@ def test_episode_stats_skips_autoreset_step():
     s.update(np.array([1.0, 0.0]), np.array([True, False]), np.array([False, False]))  # env 1 auto-resets
     s.update(np.array([1.0, 1.0]), np.array([False, False]), np.array([False, True]))
     assert s.pop() == [(1.0, 1), (2.0, 2), (1.0, 1)]
+
+
+def test_action_bounds_rejects_discrete():
+    env = make_vec_env("CartPole-v1", 1, 0)
+    with pytest.raises(ConfigError, match="continuous"):
+        action_bounds(env)
+    env.close()
