@@ -41,7 +41,8 @@ class RolloutWorker:
 
     def info(self) -> dict:
         return {"index": self.index, "pid": os.getpid(), "host": socket.gethostname(), "core": self.core,
-                "version": self.engine.version, "threads": torch.get_num_threads()}
+                "version": self.engine.version, "threads": torch.get_num_threads(),
+                "device": str(getattr(self.engine, "device", "cpu"))}
 
     def generate(self, task_id: int, prompt_ids: list[list[int]], sampling: SamplingParams) -> dict:
         t0 = time.perf_counter()

@@ -411,7 +411,7 @@ def train(cfg: GRPOConfig, run: RunDir) -> dict:
     after = last_eval
     summary = {"algo": "grpo", "steps": cfg.max_steps, "eval/accuracy_before": before, "eval/accuracy_after": after,
                "eval/accuracy_gain": after - before, "eval/size": len(eval_rows), "model": str(model_dir),
-               "engine": r.engine, "backend": c.backend, "rollout_workers": c.rollout_workers,
+               "engine": r.engine, "device": str(policy.device), "backend": c.backend, "rollout_workers": c.rollout_workers,
                "max_staleness": cfg.max_staleness, "rollout_ledger": ledger, "wall_time_s": time.time() - t_start,
                "final_checkpoint": str(run.latest_checkpoint()[1]) if run.latest_checkpoint() else None}
     log.info(f"held-out accuracy: {before:.3f} -> {after:.3f} ({after - before:+.3f})")

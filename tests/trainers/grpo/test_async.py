@@ -55,8 +55,13 @@ def test_two_ray_workers_stay_within_max_staleness(tmp_path):
     assert all(r["sync/probe_max_abs_err"] < 1e-4 for r in checked)
 
 
+def _env() -> dict:
+    """The job's environment: this checkout first on PYTHONPATH, anything the caller had after it."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+
+
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = _env()
     return subprocess.Popen([sys.executable, "-m", "rl.cli", "train", *args], cwd=ROOT, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -101,7 +106,7 @@ def test_sigkill_whole_job_then_resume(tmp_path):
     proc.wait(timeout=60)
     assert not (run_dir / "summary.json").exists()
     resumed = subprocess.run([sys.executable, "-m", "rl.cli", "train", "--resume", str(run_dir)], cwd=ROOT,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                             env=_env(), capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
