@@ -147,7 +147,8 @@ def mpe(a) -> tuple[list[dict], dict, str]:
         return state, reward[raw.agents[0]]
 
     systems = {
-        "orchard envs.marl (JaxMARL)": _jax_stepper(ours.reset_stacked, ours_step, a.mpe_envs, a.mpe_steps, A, K),
+        "orchard envs.marl (JaxMARL)": _jax_stepper(lambda k: ours.reset_stacked(k)[1], ours_step,
+                                                    a.mpe_envs, a.mpe_steps, A, K),
         "raw JaxMARL": _jax_stepper(lambda k: raw.reset(k)[1], raw_step, a.mpe_envs, a.mpe_steps, A, K),
         "mpe2 Python loop": _mpe2_stepper(a.mpe2_steps),
     }
