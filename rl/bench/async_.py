@@ -37,6 +37,8 @@ def add_arguments(p) -> None:
     p.add_argument("--ranks", default="1,2,4,8", help="trainer ranks N of the projection")
     p.add_argument("--dp-efficiency", type=float, default=0.9,
                    help="assumed data-parallel scaling efficiency of the trainer for N > 1 (projection only)")
+    p.add_argument("--timeout", type=float, default=3600.0,
+                   help="seconds one training run may take before the bench stops it and fails (default 3600)")
     p.add_argument("--overrides", nargs="*", default=[], help="extra config overrides for every setting")
     p.add_argument("--replay", metavar="ASYNC_JSON",
                    help="no training: redo the simulator tables from a previous report's measurements")
@@ -48,8 +50,12 @@ def _train(a, ms: int, run_dir: Path) -> dict:
             "cluster.rollout_workers=1", f"cluster.pin_cpus={'false' if a.no_pin else 'true'}",
             f"run_dir={run_dir}", *a.overrides]
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "rl.cli", "train", *args], capture_output=True, text=True,
-                          env={**os.environ, "TQDM_DISABLE": "1"})
+    try:
+        proc = subprocess.run([sys.executable, "-m", "rl.cli", "train", *args], capture_output=True, text=True,
+                              env={**os.environ, "TQDM_DISABLE": "1"}, timeout=a.timeout)
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"rl train {' '.join(args)} did not finish within --timeout {a.timeout:g} s "
+                           f"(run dir {run_dir}):\n{(e.stderr or b'')[-4000:]!r}") from None
     if proc.returncode != 0:
         raise RuntimeError(f"rl train {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     summary = json.loads((run_dir / "summary.json").read_text())

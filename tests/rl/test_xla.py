@@ -1,0 +1,28 @@
+"""Importing our packages switches off jaxlib 0.10.2's YNNPACK fusions, which crash or hang XLA:CPU
+(jax-ml/jax#39257; they deadlocked `rl bench marl`). The program below segfaults on jaxlib 0.10.2 without the flag."""
+import os
+import subprocess
+import sys
+
+PROGRAM = """
+import envs  # our package: must set XLA_FLAGS before JAX starts its CPU backend
+import jax, jax.numpy as jnp
+S = (3, 1, 2, 2, 8, 8, 8)
+u = jax.random.normal(jax.random.PRNGKey(0), S, dtype=jnp.float32)
+v = jax.random.normal(jax.random.PRNGKey(1), S, dtype=jnp.float32)
+print(jax.jit(lambda a, b: jnp.sum(a * b, axis=3))(u, v).shape)
+"""
+
+
+def test_importing_envs_avoids_the_ynn_fusion_crash():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stderr[-2000:]}"
+    assert proc.stdout.strip() == "(3, 1, 2, 8, 8, 8)"
+
+
+def test_a_user_setting_of_the_flag_is_kept():
+    env = {**os.environ, "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=foo"}
+    out = subprocess.run([sys.executable, "-c", "import rl, os; print(os.environ['XLA_FLAGS'])"], capture_output=True,
+                         text=True, env=env, timeout=120, check=True).stdout
+    assert out.strip() == "--xla_cpu_experimental_ynn_fusion_type=foo"
