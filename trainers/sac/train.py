@@ -172,7 +172,9 @@ def train(cfg: SACConfig, run: RunDir) -> dict:
                       progress=cfg.log.progress, tensorboard=cfg.log.tensorboard, every=cfg.log.every,
                       desc="sac" if cfg.workers == 0 else f"sac-apt x{cfg.workers}")
     recent: deque[float] = deque(maxlen=max(100, cfg.target_window))
-    budget = 0.0  # updates allowed so far: max_utd (sync: 1) per transition received once the buffer is ready
+    # updates allowed so far: max_utd (sync: 1) per transition received once the buffer is ready. A resumed run
+    # starts from the restored update count (else it would wait until the refill caught up with the old count).
+    budget = float(sac.updates)
     hit: dict | None = None  # when target_return was first reached
     stop = False
     it = start
