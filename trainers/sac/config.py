@@ -3,7 +3,8 @@
 `workers: 0` is the baseline: one env, stepped synchronously, one gradient update per env step (CleanRL).
 `workers: N` is APT (ALGORITHMS.md section 4): N Ray actors step their own env with the latest policy the
 learner published and send back transitions; the learner fills the replay buffer from them and trains without
-waiting, publishing its actor every `publish_every` new transitions.
+waiting, publishing its actor every `publish_every` new transitions. Its update-to-data ratio is kept between
+`min_utd` (workers wait while the learner is behind) and `max_utd` (the learner waits for data).
 
 Resume restores the networks, optimizers, entropy temperature, RNG and step counters, but NOT the replay
 buffer (it can be GBs): a resumed run refills it with `learning_starts` fresh transitions from the restored
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rl.config import JobConfig, Section
 
@@ -66,6 +67,11 @@ class SACConfig(JobConfig):
     max_utd: float = Field(1.0, gt=0)
     """APT: at most this many updates per received transition (the learner waits for data beyond it). The sync
     loop always does exactly 1."""
+    min_utd: float = Field(1.0, ge=0)
+    """APT back-pressure: workers are not handed new work while the learner is below this many updates per
+    received transition (beyond learning_starts and one round of in-flight calls). 1.0 with max_utd 1.0 keeps the
+    sync loop's update-to-data ratio, with env stepping off the learner's critical path; 0: APT's free-running
+    workers (they never wait; on a cheap env the learner then sees far more data than it can train on)."""
     torch_threads: int = Field(1, ge=0)
     """Torch intra-op threads of the learner (0: torch's default). APT workers always use 1. On our shared 2-core
     machines 2 threads made a 256x256 MLP update ~80x slower than 1 (thread contention), hence 1."""
@@ -77,3 +83,9 @@ class SACConfig(JobConfig):
     """Stop training as soon as `target_return` is reached (benchmarks)."""
     eval_episodes: int = Field(10, ge=1)
     """Episodes (deterministic policy: tanh of the mean) evaluated before and after training."""
+
+    @model_validator(mode="after")
+    def _check_utd(self):
+        if self.min_utd > self.max_utd:
+            raise ValueError(f"min_utd={self.min_utd} must not exceed max_utd={self.max_utd}")
+        return self

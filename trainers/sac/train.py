@@ -3,7 +3,8 @@
 One loop for both modes: collect (sync: one env step with the current actor; APT: whatever the async workers
 have sent) -> replay buffer -> update (twin soft Q, delayed actor + temperature, Polyak targets) -> log/checkpoint
 every `iteration_steps` transitions. The sync loop does exactly one update per transition; the APT learner keeps
-updating while data streams in, at most `max_utd` updates per received transition.
+updating while data streams in, at most `max_utd` updates per received transition (and the workers are held back
+while it falls below `min_utd`).
 """
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ class SyncCollector:
     def __init__(self, cfg: SACConfig, seed: int):
         self.runner = EnvRunner(cfg.env.name, seed)
 
-    def collect(self, actor: Actor | None, block: bool):
+    def collect(self, actor: Actor | None, block: bool, updates: int = 0):
         return self.runner.run(actor, 1)
 
     def metrics(self) -> dict:
@@ -172,7 +173,10 @@ def train(cfg: SACConfig, run: RunDir) -> dict:
                       progress=cfg.log.progress, tensorboard=cfg.log.tensorboard, every=cfg.log.every,
                       desc="sac" if cfg.workers == 0 else f"sac-apt x{cfg.workers}")
     recent: deque[float] = deque(maxlen=max(100, cfg.target_window))
-    budget = 0.0  # updates allowed so far: max_utd (sync: 1) per transition received once the buffer is ready
+    # updates allowed so far: max_utd (sync: 1) per transition received once the buffer is ready. A resumed run
+    # starts from the restored update count (else it would wait until the refill caught up with the old count).
+    budget = float(sac.updates)
+    updates_at_start = sac.updates
     hit: dict | None = None  # when target_return was first reached
     stop = False
     it = start
@@ -186,7 +190,8 @@ def train(cfg: SACConfig, run: RunDir) -> dict:
                 acting = resumed or global_step >= cfg.learning_starts
                 ready = len(buffer) >= cfg.learning_starts
                 transitions, episodes = collector.collect(sac.actor if acting else None,
-                                                          block=not ready or sac.updates >= budget)
+                                                          block=not ready or sac.updates >= budget,
+                                                          updates=sac.updates - updates_at_start)
                 if transitions is not None:
                     buffer.add(transitions)
                     global_step += len(transitions)
