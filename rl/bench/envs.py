@@ -7,6 +7,10 @@
   (PettingZoo) Python loop, one env, random actions. One env step = one joint step of all 3 agents.
 - `ippo`: IPPO training throughput on simple_spread (16 envs x 128 steps per update per seed), 1 seed vs
   `--ippo-seeds` seeds vmapped in one jitted call, compile excluded.
+- `apt`: SAC on Pendulum-v1 (`configs/sac_pendulum.yaml` plus `--apt-overrides`), the synchronous one-env loop vs
+  APT with `--apt-workers` Ray env workers: wall time (and env steps) until the mean return of the last 10
+  training episodes first reaches `--apt-target`, each run stopping there (`stop_at_target`), at most
+  `--apt-max-steps` transitions. Not part of the default sections (a few minutes per round).
 
 Within a section the systems are interleaved over `--repeats` rounds (these machines are noisy) and the median of
 each is reported with its ratio to the section's baseline.
@@ -20,11 +24,14 @@ import numpy as np
 
 from rl.bench.common import write_report
 
-SECTIONS = ("cartpole", "mpe", "ippo")
+SECTIONS = ("cartpole", "mpe", "ippo", "apt")
+DEFAULT_SECTIONS = ("cartpole", "mpe", "ippo")
+APT_OVERRIDES = "hidden=64 batch_size=128 learning_starts=500"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
+                   help=f"comma-separated subset of {','.join(SECTIONS)} (default {','.join(DEFAULT_SECTIONS)})")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--task", default="CartPole-v1")
     p.add_argument("--num-envs", type=int, default=64, help="cartpole: vector envs")
@@ -34,6 +41,10 @@ def add_arguments(p) -> None:
     p.add_argument("--mpe2-steps", type=int, default=2000, help="mpe: steps of the mpe2 Python loop per measurement")
     p.add_argument("--ippo-seeds", type=int, default=16, help="ippo: seeds vmapped (compared with 1 seed)")
     p.add_argument("--ippo-updates", type=int, default=5, help="ippo: PPO updates per measurement")
+    p.add_argument("--apt-workers", type=int, default=2, help="apt: Ray env workers of the APT run")
+    p.add_argument("--apt-target", type=float, default=-400.0, help="apt: return threshold (mean of 10 episodes)")
+    p.add_argument("--apt-max-steps", type=int, default=20000, help="apt: transitions per run at most")
+    p.add_argument("--apt-overrides", default=APT_OVERRIDES, help=f"apt: config overrides for both runs ('{APT_OVERRIDES}')")
 
 
 def _median_rates(systems: dict, repeats: int) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -199,6 +210,48 @@ def ippo(a) -> tuple[list[dict], dict, str]:
     return rows, rates, notes
 
 
+# --- apt: SAC wall time to a return threshold, synchronous env loop vs APT env workers ----------------------------------
+def _sac_to_target(a, workers: int, seed: int) -> dict:
+    import tempfile
+
+    from rl.cli import launch
+
+    with tempfile.TemporaryDirectory(prefix="orchard-bench-apt-") as d:
+        s = launch("configs/sac_pendulum.yaml", [*a.apt_overrides.split(), f"workers={workers}", f"seed={seed}",
+                                                 f"target_return={a.apt_target}", "stop_at_target=true",
+                                                 f"total_timesteps={a.apt_max_steps}", "log.progress=false",
+                                                 "log.tensorboard=false", "checkpoint.every=0", f"run_dir={d}/run"])
+    return s
+
+
+def apt(a) -> tuple[list[dict], dict, str]:
+    names = {"SAC, synchronous env loop": 0, f"SAC-APT, {a.apt_workers} env workers": a.apt_workers}
+    runs: dict[str, list[dict]] = {k: [] for k in names}
+    for r in range(a.repeats):  # interleaved rounds, seed r
+        for name, workers in names.items():
+            runs[name].append(_sac_to_target(a, workers, seed=1 + r))
+    rows, rates = [], {}
+    for name, ss in runs.items():
+        times = [s["target/wall_time_s"] for s in ss]
+        reached = [t for t in times if t is not None]
+        rates[name] = times
+        rows.append({"section": "apt", "system": name, "config": f"Pendulum-v1, target {a.apt_target:g}, {a.apt_overrides}",
+                     "env_steps_per_s": statistics.median(s["env_steps_per_s"] for s in ss),
+                     "time_to_target_s": statistics.median(reached) if len(reached) == len(times) else None,
+                     "env_steps_to_target": statistics.median(s["target/env_steps"] or 0 for s in ss) if reached else None,
+                     "reached": f"{len(reached)}/{len(times)}"})
+    base, ours = rows[0]["time_to_target_s"], rows[1]["time_to_target_s"]
+    for row in rows:
+        row["ratio"] = base / row["time_to_target_s"] if base and row["time_to_target_s"] else None
+        row["ratio_to"] = rows[0]["system"] + " (time to target)"
+    if base and ours:
+        notes = (f"apt: APT reached return {a.apt_target:g} {base / ours:.2f}x faster than the synchronous loop (median "
+                 f"wall time, Ray start included; goal >= 1.5x: {'met' if base / ours >= 1.5 else 'NOT met'}).")
+    else:
+        notes = f"apt: not every run reached return {a.apt_target:g} within {a.apt_max_steps} transitions (see `reached`)."
+    return rows, rates, notes
+
+
 def run(a) -> dict:
     sections = [s.strip() for s in a.sections.split(",") if s.strip()]
     unknown = [s for s in sections if s not in SECTIONS]
@@ -206,7 +259,7 @@ def run(a) -> dict:
         from rl.registry import did_you_mean
 
         raise ValueError(f"unknown section '{unknown[0]}'{did_you_mean(unknown[0], SECTIONS)}; known: {', '.join(SECTIONS)}")
-    fns = {"cartpole": cartpole, "mpe": mpe, "ippo": ippo}
+    fns = {"cartpole": cartpole, "mpe": mpe, "ippo": ippo, "apt": apt}
     rows, rates, notes = [], {}, []
     for s in sections:
         r, rt, n = fns[s](a)
@@ -215,5 +268,6 @@ def run(a) -> dict:
         notes.append(n)
     notes.append(f"Median of {a.repeats} interleaved rounds per section; `ratio` is env-steps/s over `ratio_to`.")
     write_report("envs", rows, a.out, extra={"rates": rates, "sections": sections}, notes="\n\n".join(notes),
-                 columns=["section", "system", "config", "env_steps_per_s", "ratio", "ratio_to"])
+                 columns=["section", "system", "config", "env_steps_per_s", "ratio", "ratio_to"]
+                 + (["time_to_target_s", "env_steps_to_target", "reached"] if "apt" in sections else []))
     return {"rows": rows}

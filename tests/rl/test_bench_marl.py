@@ -42,3 +42,18 @@ def test_bench_envs_marl_sections(tmp_path):
         ("ippo", "IPPO, 1 seed"), ("ippo", "IPPO, 2 seeds vmapped")]
     assert all(r["env_steps_per_s"] > 0 for r in rows)
     assert "vs the mpe2 Python loop" in (tmp_path / "envs.md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_envs_apt_section_times_both_runs_to_the_target(tmp_path):
+    # A random policy scores -1200 to -1600 per Pendulum episode, so -2000 is reached after the first 10 episodes
+    # (2000 transitions); learning_starts 2000 keeps both runs update-free, so this is quick and cannot miss.
+    assert main(["bench", "envs", "--sections", "apt", "--repeats", "1", "--apt-target", "-2000",
+                 "--apt-max-steps", "3000", "--apt-overrides", "hidden=16 batch_size=32 learning_starts=2000",
+                 "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "envs.json").read_text())["rows"]
+    assert [r["system"] for r in rows] == ["SAC, synchronous env loop", "SAC-APT, 2 env workers"]
+    for r in rows:
+        assert r["reached"] == "1/1" and r["time_to_target_s"] > 0 and 2000 <= r["env_steps_to_target"] <= 3000
+    assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0
+    assert "faster than the synchronous loop" in (tmp_path / "envs.md").read_text()
