@@ -41,7 +41,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from rl._xla import configure_jax
 from rl.registry import Registry
+
+configure_jax()  # before any JAX computation: CPU async dispatch off (it deadlocked our training calls)
 
 MARL_ENVS: Registry[Callable[..., Any]] = Registry("multi-agent env")
 """name -> factory(**overrides) -> a JaxMARL `MultiAgentEnv` (overrides are the env constructor's kwargs)."""

@@ -8,6 +8,12 @@ per env (mean across seeds, shaded min-max and +-1 std) under `--out`.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +35,52 @@ def add_arguments(p) -> None:
                    help=f"env steps per seed for every env (default per env: {BUDGETS}, else 200000)")
     p.add_argument("--num-envs", type=int, default=16, help="parallel envs per seed")
     p.add_argument("--num-steps", type=int, default=128, help="rollout length per PPO update")
+    p.add_argument("--stall-s", type=float, default=60.0,
+                   help="kill a pair's process when its CPU time has not advanced for this long (an XLA deadlock)")
+    p.add_argument("--retries", type=int, default=2, help="times a pair killed as stalled is run again")
+    p.add_argument("--worker", nargs=3, metavar=("ALGO", "ENV", "RESULT_JSON"), help=argparse.SUPPRESS)
+
+
+def _worker_cmd(algo: str, env: str, result: Path, a) -> list[str]:
+    cmd = [sys.executable, "-m", "rl.cli", "bench", "marl", "--worker", algo, env, str(result), "--seeds", str(a.seeds),
+           "--num-envs", str(a.num_envs), "--num-steps", str(a.num_steps)]
+    return cmd + (["--timesteps", str(a.timesteps)] if a.timesteps else [])
+
+
+def _cpu_s(proc) -> float:
+    import psutil
+
+    try:
+        t = psutil.Process(proc.pid).cpu_times()
+        return t.user + t.system
+    except psutil.Error:
+        return 0.0
+
+
+def run_pair_watched(algo: str, env: str, a) -> tuple[dict, dict, int]:
+    """run_pair in a child process, killed and rerun if it stalls -> (row, curve, retries used)."""
+    for attempt in range(a.retries + 1):
+        with tempfile.TemporaryDirectory(prefix="orchard-bench-marl-") as d:
+            result = Path(d) / "result.json"
+            proc = subprocess.Popen(_worker_cmd(algo, env, result, a), env={**os.environ, "TQDM_DISABLE": "1"})
+            last_cpu, last_change = -1.0, time.monotonic()
+            while proc.poll() is None:
+                time.sleep(1.0)
+                cpu = _cpu_s(proc)
+                if cpu > last_cpu + 0.5:  # working: ~1 CPU-s per s; deadlocked: a few ms per s of idle wake-ups
+                    last_cpu, last_change = cpu, time.monotonic()
+                elif time.monotonic() - last_change > a.stall_s:
+                    proc.kill()
+                    proc.wait()
+                    print(f"{env} {algo}: no CPU progress for {a.stall_s:g} s (XLA deadlock), killed; "
+                          f"attempt {attempt + 1} of {a.retries + 1}", file=sys.stderr, flush=True)
+                    break
+            if proc.returncode == 0 and result.exists():
+                out = json.loads(result.read_text())
+                return out["row"], out["curve"], attempt
+            if proc.returncode not in (0, -9):
+                raise RuntimeError(f"rl bench marl: training {algo} on {env} failed (exit code {proc.returncode})")
+    raise RuntimeError(f"rl bench marl: training {algo} on {env} stalled {a.retries + 1} times (XLA deadlock)")
 
 
 def make_config(algo: str, env: str, a):
@@ -101,6 +153,11 @@ def plot_curves(env: str, curves: dict[str, dict], out: Path) -> Path:
 
 
 def run(a) -> dict:
+    if a.worker:
+        algo, env, result = a.worker
+        row, curve = run_pair(algo, env, a)
+        Path(result).write_text(json.dumps({"row": row, "curve": curve}))
+        return {"rows": [row]}
     from envs.marl import MARL_ENVS
 
     envs = [e.strip() for e in a.envs.split(",") if e.strip()]
@@ -114,7 +171,8 @@ def run(a) -> dict:
     for env in envs:
         curves[env] = {}
         for algo in algos:
-            row, curves[env][algo] = run_pair(algo, env, a)
+            row, curves[env][algo], retries = run_pair_watched(algo, env, a)
+            row["retries"] = retries
             rows.append(row)
             print(f"{env} {algo}: return {row['return_initial']:.3f} -> {row['return_final_mean']:.3f} "
                   f"+- {row['return_final_std']:.3f}  {row['env_steps_per_s']:.0f} env-steps/s  {row['wall_s']:.0f} s",
@@ -124,7 +182,9 @@ def run(a) -> dict:
     episodes = make_config(algos[0], envs[0], a).eval_envs
     notes = (f"Returns: mean per-agent return of the sampled policy over {episodes} episodes per seed, before and after "
              f"training; final mean/std/min/max across {a.seeds} seeds. env_steps_per_s counts one step of every agent "
-             f"as one env step, all seeds together, compile excluded. Total wall time {total_s:.0f} s.\n\n"
+             f"as one env step, all seeds together, compile excluded. Total wall time {total_s:.0f} s"
+             f" (retries: pairs rerun after an XLA deadlock, {sum(r['retries'] for r in rows)} in all; their stalled"
+             f" attempts are in the total).\n\n"
              + "\n".join(f"![{Path(p).stem}]({Path(p).name})" for p in plots))
     write_report("marl", rows, out, extra={"curves": curves, "plots": plots, "total_wall_s": total_s}, notes=notes,
                  write_csv=True)

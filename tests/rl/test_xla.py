@@ -1,5 +1,5 @@
-"""Importing our packages switches off jaxlib 0.10.2's YNNPACK fusions, which crash or hang XLA:CPU
-(jax-ml/jax#39257; they deadlocked `rl bench marl`). The program below segfaults on jaxlib 0.10.2 without the flag."""
+"""JAX settings of rl/_xla.py: importing our packages switches off jaxlib 0.10.2's YNNPACK fusions, which segfault
+XLA:CPU (jax-ml/jax#39257), and our JAX envs switch off CPU async dispatch, which deadlocked `rl bench marl`. The program below segfaults on jaxlib 0.10.2 without the flag."""
 import os
 import subprocess
 import sys
@@ -26,3 +26,9 @@ def test_a_user_setting_of_the_flag_is_kept():
     out = subprocess.run([sys.executable, "-c", "import rl, os; print(os.environ['XLA_FLAGS'])"], capture_output=True,
                          text=True, env=env, timeout=120, check=True).stdout
     assert out.strip() == "--xla_cpu_experimental_ynn_fusion_type=foo"
+
+
+def test_marl_envs_turn_off_cpu_async_dispatch():
+    program = "import envs.marl, jax; print(jax.config.read('jax_cpu_enable_async_dispatch'))"
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "False"
