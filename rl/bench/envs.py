@@ -12,13 +12,20 @@
   training episodes first reaches `--apt-target`, each run stopping there (`stop_at_target`), at most
   `--apt-max-steps` transitions. Not part of the default sections (a few minutes per round).
 
+The JAX sections (`mpe`, `ippo`) run in a child process watched for XLA deadlocks (rl/watchdog.py).
 Within a section the systems are interleaved over `--repeats` rounds (these machines are noisy) and the median of
 each is reported with its ratio to the section's baseline.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +33,7 @@ from rl.bench.common import write_report
 
 SECTIONS = ("cartpole", "mpe", "ippo", "apt")
 DEFAULT_SECTIONS = ("cartpole", "mpe", "ippo")
+JAX_SECTIONS = ("mpe", "ippo")  # run in a watched child process
 APT_OVERRIDES = "hidden=64 batch_size=128 learning_starts=500"
 
 
@@ -44,6 +52,10 @@ def add_arguments(p) -> None:
     p.add_argument("--apt-workers", type=int, default=2, help="apt: Ray env workers of the APT run")
     p.add_argument("--apt-target", type=float, default=-400.0, help="apt: return threshold (mean of 10 episodes)")
     p.add_argument("--apt-max-steps", type=int, default=20000, help="apt: transitions per run at most")
+    p.add_argument("--stall-s", type=float, default=60.0,
+                   help="JAX sections: kill the child when its CPU time has not advanced for this long (XLA deadlock)")
+    p.add_argument("--retries", type=int, default=2, help="JAX sections: times a stalled child is run again")
+    p.add_argument("--child", nargs=2, metavar=("SECTION", "RESULT_JSON"), help=argparse.SUPPRESS)
     p.add_argument("--apt-overrides", default=APT_OVERRIDES, help=f"apt: config overrides for both runs ('{APT_OVERRIDES}')")
 
 
@@ -252,17 +264,39 @@ def apt(a) -> tuple[list[dict], dict, str]:
     return rows, rates, notes
 
 
+def _section_in_child(section: str, a) -> tuple[list[dict], dict, str]:
+    from rl.watchdog import run_watched
+
+    with tempfile.TemporaryDirectory(prefix="orchard-bench-envs-") as d:
+        result = Path(d) / "result.json"
+        cmd = [sys.executable, "-m", "rl.cli", "bench", "envs", "--child", section, str(result), "--repeats",
+               str(a.repeats), "--mpe-envs", str(a.mpe_envs), "--mpe-steps", str(a.mpe_steps), "--mpe2-steps",
+               str(a.mpe2_steps), "--ippo-seeds", str(a.ippo_seeds), "--ippo-updates", str(a.ippo_updates)]
+        w = run_watched(cmd, label=f"rl bench envs {section}", stall_s=a.stall_s, retries=a.retries,
+                        env={**os.environ, "TQDM_DISABLE": "1"}, echo=True)
+        if w.returncode != 0 or not result.exists():
+            raise RuntimeError(f"rl bench envs: section {section} failed (exit code {w.returncode})")
+        rows, rates, notes = json.loads(result.read_text())
+    if w.stalls:
+        notes += f" (rerun {w.stalls}x after an XLA deadlock)"
+    return rows, rates, notes
+
+
 def run(a) -> dict:
+    fns = {"cartpole": cartpole, "mpe": mpe, "ippo": ippo, "apt": apt}
+    if a.child:
+        section, result = a.child
+        Path(result).write_text(json.dumps(fns[section](a)))
+        return {}
     sections = [s.strip() for s in a.sections.split(",") if s.strip()]
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         from rl.registry import did_you_mean
 
         raise ValueError(f"unknown section '{unknown[0]}'{did_you_mean(unknown[0], SECTIONS)}; known: {', '.join(SECTIONS)}")
-    fns = {"cartpole": cartpole, "mpe": mpe, "ippo": ippo, "apt": apt}
     rows, rates, notes = [], {}, []
     for s in sections:
-        r, rt, n = fns[s](a)
+        r, rt, n = _section_in_child(s, a) if s in JAX_SECTIONS else fns[s](a)
         rows += r
         rates[s] = rt
         notes.append(n)

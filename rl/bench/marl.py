@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,40 +46,18 @@ def _worker_cmd(algo: str, env: str, result: Path, a) -> list[str]:
     return cmd + (["--timesteps", str(a.timesteps)] if a.timesteps else [])
 
 
-def _cpu_s(proc) -> float:
-    import psutil
-
-    try:
-        t = psutil.Process(proc.pid).cpu_times()
-        return t.user + t.system
-    except psutil.Error:
-        return 0.0
-
-
 def run_pair_watched(algo: str, env: str, a) -> tuple[dict, dict, int]:
-    """run_pair in a child process, killed and rerun if it stalls -> (row, curve, retries used)."""
-    for attempt in range(a.retries + 1):
-        with tempfile.TemporaryDirectory(prefix="orchard-bench-marl-") as d:
-            result = Path(d) / "result.json"
-            proc = subprocess.Popen(_worker_cmd(algo, env, result, a), env={**os.environ, "TQDM_DISABLE": "1"})
-            last_cpu, last_change = -1.0, time.monotonic()
-            while proc.poll() is None:
-                time.sleep(1.0)
-                cpu = _cpu_s(proc)
-                if cpu > last_cpu + 0.5:  # working: ~1 CPU-s per s; deadlocked: a few ms per s of idle wake-ups
-                    last_cpu, last_change = cpu, time.monotonic()
-                elif time.monotonic() - last_change > a.stall_s:
-                    proc.kill()
-                    proc.wait()
-                    print(f"{env} {algo}: no CPU progress for {a.stall_s:g} s (XLA deadlock), killed; "
-                          f"attempt {attempt + 1} of {a.retries + 1}", file=sys.stderr, flush=True)
-                    break
-            if proc.returncode == 0 and result.exists():
-                out = json.loads(result.read_text())
-                return out["row"], out["curve"], attempt
-            if proc.returncode not in (0, -9):
-                raise RuntimeError(f"rl bench marl: training {algo} on {env} failed (exit code {proc.returncode})")
-    raise RuntimeError(f"rl bench marl: training {algo} on {env} stalled {a.retries + 1} times (XLA deadlock)")
+    """run_pair in a child process, killed and rerun if it stalls (rl/watchdog.py) -> (row, curve, stalls)."""
+    from rl.watchdog import run_watched
+
+    with tempfile.TemporaryDirectory(prefix="orchard-bench-marl-") as d:
+        result = Path(d) / "result.json"
+        w = run_watched(_worker_cmd(algo, env, result, a), label=f"rl bench marl {env} {algo}", stall_s=a.stall_s,
+                        retries=a.retries, env={**os.environ, "TQDM_DISABLE": "1"}, echo=True)
+        if w.returncode != 0 or not result.exists():
+            raise RuntimeError(f"rl bench marl: training {algo} on {env} failed (exit code {w.returncode})")
+        out = json.loads(result.read_text())
+    return out["row"], out["curve"], w.stalls
 
 
 def make_config(algo: str, env: str, a):

@@ -6,6 +6,8 @@ import pytest
 
 from envs.marl import MARL_ENVS, MarlEnv, make_marl_env
 
+pytestmark = pytest.mark.jax  # each test in a child process watched for XLA deadlocks (tests/conftest.py)
+
 NUM_ENVS = 4
 
 

@@ -7,6 +7,8 @@ import pytest
 
 from rl.cli import launch, main
 
+pytestmark = pytest.mark.jax  # each test in a child process watched for XLA deadlocks (tests/conftest.py)
+
 QUIET = ["log.progress=false", "log.tensorboard=false"]
 
 

@@ -1,0 +1,70 @@
+"""Run a command in a child process and rerun it if it stalls: no CPU progress for `stall_s` seconds.
+
+Why: XLA:CPU (jaxlib 0.10.x) sometimes deadlocks inside a jitted call, the process waiting forever with every
+thread idle (rl/_xla.py has the measurements). We could not find a setting that removes it, so the JAX
+benchmarks (and the JAX tests, through tests/conftest.py) run in watched children. The watchdog looks at CPU
+progress, not wall time: a slow but working child (~1 CPU-second per second) is never killed, a deadlocked one
+(a few ms per second of idle wake-ups) is killed after `stall_s`.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import psutil
+
+
+class StalledError(RuntimeError):
+    pass
+
+
+@dataclass
+class Watched:
+    returncode: int
+    output: str
+    stalls: int  # attempts killed as stalled before this one
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        p = psutil.Process(pid)
+        procs = [p, *p.children(recursive=True)]
+        return sum(c.cpu_times().user + c.cpu_times().system for c in procs)
+    except psutil.Error:
+        return 0.0
+
+
+def run_watched(cmd: list[str], *, label: str, stall_s: float = 60.0, retries: int = 2, env: dict | None = None,
+                cwd: str | None = None, echo: bool = False) -> Watched:
+    """Run `cmd`; if it stalls, kill it and run it again, at most `retries` more times. Returns its exit code and
+    output (stdout and stderr together; also echoed as it comes when `echo`). Raises StalledError if every
+    attempt stalled."""
+    import tempfile
+
+    for attempt in range(retries + 1):
+        with tempfile.TemporaryFile("w+") as log:
+            proc = subprocess.Popen(cmd, stdout=None if echo else log, stderr=None if echo else subprocess.STDOUT,
+                                    env=env if env is not None else os.environ.copy(), cwd=cwd)
+            last_cpu, last_change, stalled = -1.0, time.monotonic(), False
+            while proc.poll() is None:
+                time.sleep(1.0)
+                cpu = _cpu_s(proc.pid)
+                if cpu > last_cpu + 0.5:
+                    last_cpu, last_change = cpu, time.monotonic()
+                elif time.monotonic() - last_change > stall_s:
+                    for child in psutil.Process(proc.pid).children(recursive=True):
+                        child.kill()
+                    proc.kill()
+                    proc.wait()
+                    stalled = True
+                    print(f"{label}: no CPU progress for {stall_s:g} s (XLA deadlock?), killed; attempt {attempt + 1} "
+                          f"of {retries + 1}", file=sys.stderr, flush=True)
+                    break
+            log.seek(0)
+            output = log.read()
+            if not stalled:
+                return Watched(proc.returncode, output, attempt)
+    raise StalledError(f"{label}: stalled {retries + 1} times (no CPU progress for {stall_s:g} s each time)")
