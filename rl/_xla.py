@@ -1,12 +1,13 @@
 """JAX/XLA:CPU settings that keep our JAX jobs from crashing or hanging (imported by `rl`, `envs` and `trainers`).
 
-1. Asynchronous dispatch on CPU is switched off (`configure_jax`, called by the modules that run JAX code before
-   they run any). With it on, our jitted IPPO/MAPPO training call deadlocked on the 2-core dev machine in about a
-   third of the runs: the main thread waits forever in `block_until_ready` while every XLA thread is idle (a
-   lost wake-up; it hung CI's `rl bench marl` test). Measured on a 10 s training call, 60 s timeout: 9 of 22
-   runs hung with jaxlib 0.10.2's defaults (1 of 6 with jaxlib 0.10.1, so the older release has it too, and 1 of
-   6 with the XNNPACK/YNNPACK fusions off), 0 of 16 with async dispatch off. Our jobs jit large calls (many PPO
-   updates per call), so dispatching inline costs nothing measurable.
+1. Asynchronous dispatch on CPU is switched off (`configure_jax`, called on import of `envs.marl` and
+   `trainers.marl`, before they run any JAX code). A jitted call sometimes never returns: the main thread waits
+   in XLA's executable (`BlockUntilReady`) while every XLA thread is idle, a lost wake-up inside XLA:CPU.
+   Measured on a ~10 s IPPO training call (2-core machine, 45-60 s timeouts): with jaxlib's defaults 3 of 10
+   runs hung (jaxlib 0.10.1: 1 of 6, so the older release has it too); with `--xla_cpu_multi_thread_eigen=false`
+   2 of 6; with the XNNPACK/YNNPACK fusions off 1 of 6; with async dispatch off 1 of 21 (and once more in a full
+   test run). Off is the best we found, not a fix: the JAX benchmarks and tests therefore run in child processes
+   that rl/watchdog.py reruns when they stall. Our jobs jit large calls, so inline dispatch costs nothing visible.
 2. jaxlib 0.10.2's YNNPACK fusions segfault on some rank-7 reductions (jax-ml/jax#39257, fixed upstream after
    0.10.2): `--xla_cpu_experimental_ynn_fusion_type=` is appended to XLA_FLAGS unless the user set that flag.
 
