@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import psutil
 
@@ -37,16 +38,16 @@ def _cpu_s(pid: int) -> float:
         return 0.0
 
 
-def run_watched(cmd: list[str], *, label: str, stall_s: float = 60.0, retries: int = 2, env: dict | None = None,
+def run_watched(cmd: list[str] | Callable[[int], list[str]], *, label: str, stall_s: float = 60.0, retries: int = 2, env: dict | None = None,
                 cwd: str | None = None, echo: bool = False) -> Watched:
-    """Run `cmd`; if it stalls, kill it and run it again, at most `retries` more times. Returns its exit code and
-    output (stdout and stderr together; also echoed as it comes when `echo`). Raises StalledError if every
-    attempt stalled."""
+    """Run `cmd`; if it stalls, kill it and run it again, at most `retries` more times (`cmd` may be a function of
+    the attempt number, e.g. to resume from a checkpoint). Returns its exit code and output (stdout and stderr
+    together; not captured but shown as it comes when `echo`). Raises StalledError if every attempt stalled."""
     import tempfile
 
     for attempt in range(retries + 1):
         with tempfile.TemporaryFile("w+") as log:
-            proc = subprocess.Popen(cmd, stdout=None if echo else log, stderr=None if echo else subprocess.STDOUT,
+            proc = subprocess.Popen(cmd(attempt) if callable(cmd) else cmd, stdout=None if echo else log, stderr=None if echo else subprocess.STDOUT,
                                     env=env if env is not None else os.environ.copy(), cwd=cwd)
             last_cpu, last_change, stalled = -1.0, time.monotonic(), False
             while proc.poll() is None:

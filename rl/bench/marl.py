@@ -1,14 +1,17 @@
-"""IPPO and MAPPO on JaxMARL envs: every (env, algo) pair trains `--seeds` seeds vmapped in one jitted call.
+"""IPPO and MAPPO on JaxMARL envs: every (env, algo) pair trains `--seeds` seeds vmapped in one job.
 
-For each pair: `train = make_train(cfg)` (pure), `jax.jit(jax.vmap(train))` compiled ahead of time (timed apart),
-then one call trains all seeds. Reported per pair: the return of the sampled policy before and after training
-(`eval_envs` episodes per seed, mean and spread across seeds), env-steps/s of the training call (all seeds
-together, compile excluded), compile and wall time. Writes `marl.{json,md,csv}` and one PNG of learning curves
-per env (mean across seeds, shaded min-max and +-1 std) under `--out`.
+Each pair is an ordinary `rl train` job (algo, env, `--seeds` seeds vmapped, `--segment-updates` PPO updates per
+jitted call) in a child process watched by rl/watchdog.py: XLA:CPU (jaxlib 0.10.x) sometimes deadlocks inside a
+jitted call (see rl/_xla.py), so a child whose CPU time stops advancing for `--stall-s` seconds is killed and
+the job resumed from its last checkpoint (one after every segment), which continues bit-for-bit; the report
+counts these `stalls`. Reported per pair: the return of the sampled policy before and after training
+(`eval_envs` episodes per seed; mean and spread across seeds), env-steps/s of the training segments (all seeds
+together), and wall time (process start, compile, evaluation, checkpoints and any stalls included). Writes
+`marl.{json,md,csv}` and one PNG of learning curves per env (per segment: mean across seeds, shaded min-max and
++-1 std) under `--out`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -37,27 +40,53 @@ def add_arguments(p) -> None:
     p.add_argument("--stall-s", type=float, default=60.0,
                    help="kill a pair's process when its CPU time has not advanced for this long (an XLA deadlock)")
     p.add_argument("--retries", type=int, default=2, help="times a pair killed as stalled is run again")
-    p.add_argument("--worker", nargs=3, metavar=("ALGO", "ENV", "RESULT_JSON"), help=argparse.SUPPRESS)
+    p.add_argument("--segment-updates", type=int, default=10,
+                   help="PPO updates per jitted call; a checkpoint after each (what a stalled pair resumes from)")
 
 
-def _worker_cmd(algo: str, env: str, result: Path, a) -> list[str]:
-    cmd = [sys.executable, "-m", "rl.cli", "bench", "marl", "--worker", algo, env, str(result), "--seeds", str(a.seeds),
-           "--num-envs", str(a.num_envs), "--num-steps", str(a.num_steps)]
-    return cmd + (["--timesteps", str(a.timesteps)] if a.timesteps else [])
+def _train_cmd(algo: str, env: str, run_dir: Path, a, attempt: int) -> list[str]:
+    """`rl train` for one pair; after a stall, `rl train --resume` from its last checkpoint (a fresh start if the
+    stall came before the first one)."""
+    rl = [sys.executable, "-m", "rl.cli", "train"]
+    if attempt and any((run_dir / "checkpoints").glob("step-*/COMPLETE")):
+        return [*rl, "--resume", str(run_dir)]
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    timesteps = a.timesteps or BUDGETS.get(env, 200_000)
+    return [*rl, f"algo={algo}", f"env.name={env}", f"env.num_envs={a.num_envs}", f"num_steps={a.num_steps}",
+            f"total_timesteps={timesteps}", f"num_seeds={a.seeds}", f"segment_updates={a.segment_updates}",
+            f"checkpoint.every={a.segment_updates}", "checkpoint.keep=1", "log.progress=false",
+            "log.tensorboard=false", f"run_dir={run_dir}"]
 
 
 def run_pair_watched(algo: str, env: str, a) -> tuple[dict, dict, int]:
-    """run_pair in a child process, killed and rerun if it stalls (rl/watchdog.py) -> (row, curve, stalls)."""
+    """One pair as an `rl train` job in a watched child (rl/watchdog.py): on an XLA stall the child is killed and
+    the job resumed from its last checkpoint, which continues bit-for-bit. -> (row, curve, stalls)."""
     from rl.watchdog import run_watched
 
     with tempfile.TemporaryDirectory(prefix="orchard-bench-marl-") as d:
-        result = Path(d) / "result.json"
-        w = run_watched(_worker_cmd(algo, env, result, a), label=f"rl bench marl {env} {algo}", stall_s=a.stall_s,
-                        retries=a.retries, env={**os.environ, "TQDM_DISABLE": "1"}, echo=True)
-        if w.returncode != 0 or not result.exists():
-            raise RuntimeError(f"rl bench marl: training {algo} on {env} failed (exit code {w.returncode})")
-        out = json.loads(result.read_text())
-    return out["row"], out["curve"], w.stalls
+        run_dir = Path(d) / "run"
+        t0 = time.perf_counter()
+        w = run_watched(lambda attempt: _train_cmd(algo, env, run_dir, a, attempt), label=f"rl bench marl {env} {algo}",
+                        stall_s=a.stall_s, retries=a.retries, env={**os.environ, "TQDM_DISABLE": "1"})
+        wall = time.perf_counter() - t0
+        if w.returncode != 0 or not (run_dir / "summary.json").exists():
+            raise RuntimeError(f"rl bench marl: training {algo} on {env} failed (exit code {w.returncode}):\n"
+                               f"{w.output[-3000:]}")
+        s = json.loads((run_dir / "summary.json").read_text())
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    final = np.asarray(s["return_final_per_seed"])
+    row = {"env": env, "algo": algo, "seeds": a.seeds, "env_steps_per_seed": s["env_steps_per_seed"],
+           "return_initial": s["return_initial"], "return_final_mean": float(final.mean()),
+           "return_final_std": float(final.std()), "return_final_min": float(final.min()),
+           "return_final_max": float(final.max()), "env_steps_per_s": s["env_steps_per_s"], "wall_s": wall,
+           "stalls": w.stalls}
+    seg = [r for r in rows if "return/mean" in r]
+    curve = {"env_steps": [r["charts/env_steps"] for r in seg], "mean": [r["return/mean"] for r in seg],
+             "std": [r["return/std"] for r in seg], "min": [r["return/min"] for r in seg],
+             "max": [r["return/max"] for r in seg]}
+    return row, curve, w.stalls
 
 
 def make_config(algo: str, env: str, a):
@@ -71,39 +100,6 @@ def make_config(algo: str, env: str, a):
     timesteps = a.timesteps or BUDGETS.get(env, 200_000)
     return classes[algo](env={"name": env, "num_envs": a.num_envs}, num_steps=a.num_steps, total_timesteps=timesteps,
                          num_seeds=a.seeds, log={"progress": False, "tensorboard": False})
-
-
-def run_pair(algo: str, env: str, a) -> tuple[dict, dict]:
-    """Train `a.seeds` seeds of one (algo, env) pair in one call -> (table row, learning curve)."""
-    import jax
-
-    from trainers.marl import ippo, mappo
-    from trainers.marl.common import make_trainer, seed_keys
-
-    cfg = make_config(algo, env, a)
-    make_train = {"ippo": ippo.make_train, "mappo": mappo.make_train}[algo]
-    train = make_train(cfg)  # pure: rng -> {"runner", "metrics", "return_initial", "return_final"}
-    trainer = make_trainer(cfg)
-    keys = seed_keys(0, a.seeds)  # [S, 2]
-    t0 = time.perf_counter()
-    compiled = jax.jit(jax.vmap(train)).lower(keys).compile()
-    compile_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    out = jax.block_until_ready(compiled(keys))
-    run_s = time.perf_counter() - t1
-    initial, final = np.asarray(out["return_initial"]), np.asarray(out["return_final"])  # [S]
-    returns = np.asarray(out["metrics"]["return"])  # [S, U] training-episode return per update
-    env_steps = trainer.num_updates * trainer.env_steps_per_update  # per seed
-    row = {"env": env, "algo": algo, "seeds": a.seeds, "env_steps_per_seed": env_steps,
-           "return_initial": float(initial.mean()), "return_final_mean": float(final.mean()),
-           "return_final_std": float(final.std()), "return_final_min": float(final.min()),
-           "return_final_max": float(final.max()), "env_steps_per_s": a.seeds * env_steps / run_s,
-           "compile_s": compile_s, "train_s": run_s, "wall_s": compile_s + run_s}
-    x = (np.arange(returns.shape[1]) + 1) * trainer.env_steps_per_update
-    with np.errstate(all="ignore"):  # updates where a seed finished no episode are NaN
-        curve = {"env_steps": x.tolist(), "mean": np.nanmean(returns, 0).tolist(), "std": np.nanstd(returns, 0).tolist(),
-                 "min": np.nanmin(returns, 0).tolist(), "max": np.nanmax(returns, 0).tolist()}
-    return row, curve
 
 
 def plot_curves(env: str, curves: dict[str, dict], out: Path) -> Path:
@@ -130,11 +126,6 @@ def plot_curves(env: str, curves: dict[str, dict], out: Path) -> Path:
 
 
 def run(a) -> dict:
-    if a.worker:
-        algo, env, result = a.worker
-        row, curve = run_pair(algo, env, a)
-        Path(result).write_text(json.dumps({"row": row, "curve": curve}))
-        return {"rows": [row]}
     from envs.marl import MARL_ENVS
 
     envs = [e.strip() for e in a.envs.split(",") if e.strip()]
@@ -148,8 +139,7 @@ def run(a) -> dict:
     for env in envs:
         curves[env] = {}
         for algo in algos:
-            row, curves[env][algo], retries = run_pair_watched(algo, env, a)
-            row["retries"] = retries
+            row, curves[env][algo], _ = run_pair_watched(algo, env, a)
             rows.append(row)
             print(f"{env} {algo}: return {row['return_initial']:.3f} -> {row['return_final_mean']:.3f} "
                   f"+- {row['return_final_std']:.3f}  {row['env_steps_per_s']:.0f} env-steps/s  {row['wall_s']:.0f} s",
@@ -159,9 +149,9 @@ def run(a) -> dict:
     episodes = make_config(algos[0], envs[0], a).eval_envs
     notes = (f"Returns: mean per-agent return of the sampled policy over {episodes} episodes per seed, before and after "
              f"training; final mean/std/min/max across {a.seeds} seeds. env_steps_per_s counts one step of every agent "
-             f"as one env step, all seeds together, compile excluded. Total wall time {total_s:.0f} s"
-             f" (retries: pairs rerun after an XLA deadlock, {sum(r['retries'] for r in rows)} in all; their stalled"
-             f" attempts are in the total).\n\n"
+             f"as one env step, all seeds together, training segments only. Total wall time {total_s:.0f} s"
+             f" (`stalls`: XLA deadlocks after which the pair's job was killed and resumed from its last checkpoint,"
+             f" {sum(r['stalls'] for r in rows)} in all; their lost time is in wall_s).\n\n"
              + "\n".join(f"![{Path(p).stem}]({Path(p).name})" for p in plots))
     write_report("marl", rows, out, extra={"curves": curves, "plots": plots, "total_wall_s": total_s}, notes=notes,
                  write_csv=True)

@@ -10,15 +10,17 @@ from rl.cli import main
 @pytest.mark.slow
 def test_bench_marl_writes_table_csv_and_curves(tmp_path):
     assert main(["bench", "marl", "--envs", "switch_riddle", "--algos", "ippo,mappo", "--seeds", "2",
-                 "--timesteps", "512", "--num-envs", "4", "--num-steps", "32", "--out", str(tmp_path)]) == 0
+                 "--timesteps", "512", "--num-envs", "4", "--num-steps", "32", "--segment-updates", "1",
+                 "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "marl.json").read_text())
     assert [(r["env"], r["algo"], r["seeds"]) for r in data["rows"]] == [("switch_riddle", "ippo", 2),
                                                                          ("switch_riddle", "mappo", 2)]
     for r in data["rows"]:
         assert r["env_steps_per_s"] > 0 and r["wall_s"] > 0 and r["return_final_std"] >= 0
         assert r["return_final_min"] <= r["return_final_mean"] <= r["return_final_max"]
+        assert r["stalls"] >= 0 and r["env_steps_per_seed"] == 512
     curve = data["curves"]["switch_riddle"]["ippo"]
-    assert len(curve["env_steps"]) == len(curve["mean"]) == 4  # 512 steps / (4 envs x 32 steps) updates
+    assert len(curve["env_steps"]) == len(curve["mean"]) == 4  # 512 steps / (4 envs x 32 steps), 1 update per segment
     md = (tmp_path / "marl.md").read_text()
     assert "| env | algo | seeds |" in md and "| switch_riddle | mappo | 2 |" in md
     rows = list(csv.DictReader((tmp_path / "marl.csv").open()))
