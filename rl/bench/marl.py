@@ -39,7 +39,7 @@ def add_arguments(p) -> None:
     p.add_argument("--num-steps", type=int, default=128, help="rollout length per PPO update")
     p.add_argument("--stall-s", type=float, default=60.0,
                    help="kill a pair's process when its CPU time has not advanced for this long (an XLA deadlock)")
-    p.add_argument("--retries", type=int, default=2, help="times a pair killed as stalled is run again")
+    p.add_argument("--retries", type=int, default=5, help="times a stalled pair is resumed (each resume keeps its progress)")
     p.add_argument("--segment-updates", type=int, default=10,
                    help="PPO updates per jitted call; a checkpoint after each (what a stalled pair resumes from)")
 
@@ -114,7 +114,7 @@ def plot_curves(env: str, curves: dict[str, dict], out: Path) -> Path:
         line, = ax.plot(x, mean, label=algo)
         ax.fill_between(x, c["min"], c["max"], color=line.get_color(), alpha=0.12, linewidth=0)
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.25, linewidth=0)
-    ax.set_title(f"{env}: mean return per agent (shaded: +-1 std and min-max across seeds)", fontsize=9)
+    ax.set_title(f"{env}: mean return per agent\n(shaded: +-1 std and min-max across seeds)", fontsize=9)
     ax.set_xlabel("env steps per seed")
     ax.set_ylabel("training episode return")
     ax.legend()
