@@ -1,10 +1,12 @@
-"""One vector-env layer: gymnasium-style batched `reset/step` over EnvPool (C++ threads) or gymnasium.
+"""One vector-env layer: gymnasium-style batched `reset/step` over EnvPool (C++ threads), gymnax (JAX) or gymnasium.
 
 `make_vec_env(name, num_envs, seed)` returns an object with `num_envs`, `single_observation_space`,
 `single_action_space`, `reset(seed=None) -> (obs [N, ...], info)`, `step(actions [N, ...]) -> (obs, reward [N],
 terminated [N], truncated [N], info)` and `close()`. Both backends auto-reset an env on the step *after* it
 ended (gymnasium's NEXT_STEP mode, EnvPool's native behaviour): that step ignores the action, returns the new
 episode's first observation, reward 0 and no done flags. The EnvPool hot path is EnvPool's own bound method.
+The gymnax backend (`gymnax/<task>`) runs one jitted, vmapped step per call and converts to numpy; for JAX
+trainers that keep everything on device, use the gymnax env itself (`GymnaxVec.env`, `.params`).
 
 Discrete envs (CartPole, ...) take integer actions [N]; continuous ones (Pendulum, MuJoCo) take float actions
 [N, act_dim] inside `single_action_space.low/high` (`action_bounds(env)`). EnvPool's MuJoCo envs return float64
@@ -55,9 +57,80 @@ class GymnasiumVec:
         self.env.close()
 
 
+class GymnaxVec:
+    """gymnax env, vmapped over `num_envs` and jitted, behind the same NEXT_STEP auto-reset contract: an env that
+    ended is reset on its next step (gymnax's own step would reset in the same step). Truncation is reaching the
+    episode's step limit (`params.max_steps_in_episode`), termination any other done."""
+
+    def __init__(self, task: str, num_envs: int, seed: int):
+        import gymnasium as gym
+        import gymnax
+        import jax
+        import jax.numpy as jnp
+
+        from rl._xla import configure_jax
+
+        configure_jax()
+        self.env, self.params = gymnax.make(task)
+        self.num_envs, self._seed = num_envs, seed
+        self.single_observation_space = _to_gymnasium_space(self.env.observation_space(self.params), gym)
+        self.single_action_space = _to_gymnasium_space(self.env.action_space(self.params), gym)
+        env, params, limit = self.env, self.params, self.params.max_steps_in_episode
+
+        def step_one(key, state, action, needs_reset):
+            k_step, k_reset = jax.random.split(key)
+            obs, new_state, reward, done, _ = env.step_env(k_step, state, action, params)
+            r_obs, r_state = env.reset_env(k_reset, params)
+            truncated = new_state.time >= limit  # some gymnax envs (MountainCar) do not check the limit themselves
+            pick = lambda a, b: jnp.where(needs_reset, a, b)  # noqa: E731
+            out_state = jax.tree.map(lambda a, b: jnp.where(needs_reset, a, b), r_state, new_state)
+            return (pick(r_obs, obs), out_state, pick(0.0, reward), pick(False, done & ~truncated),
+                    pick(False, truncated))
+
+        def step(key, state, actions, needs_reset):
+            keys = jax.random.split(key, num_envs + 1)
+            obs, state, rew, term, trunc = jax.vmap(step_one)(keys[1:], state, actions, needs_reset)
+            return keys[0], obs, state, rew, term, trunc
+
+        def reset(key):
+            keys = jax.random.split(key, num_envs + 1)
+            obs, state = jax.vmap(lambda k: env.reset_env(k, params))(keys[1:])
+            return keys[0], obs, state
+
+        self._step, self._reset = jax.jit(step), jax.jit(reset)
+        self._jax, self._state, self._key = jax, None, None
+        self._needs_reset = np.zeros(num_envs, dtype=bool)
+
+    def reset(self, seed: int | None = None):
+        self._key, obs, self._state = self._reset(self._jax.random.PRNGKey(self._seed if seed is None else seed))
+        self._needs_reset[:] = False
+        return np.asarray(obs), {}
+
+    def step(self, actions):
+        actions = np.asarray(actions)
+        if actions.dtype.kind == "f":
+            actions = actions.astype(np.float32)
+        self._key, obs, self._state, rew, term, trunc = self._step(self._key, self._state, actions, self._needs_reset)
+        term, trunc = np.asarray(term), np.asarray(trunc)
+        self._needs_reset = term | trunc
+        return np.asarray(obs), np.asarray(rew, dtype=np.float64), term, trunc, {}
+
+    def close(self) -> None:
+        pass
+
+
+def _to_gymnasium_space(space, gym):
+    if hasattr(space, "n"):
+        return gym.spaces.Discrete(int(space.n))
+    shape = tuple(space.shape)
+    return gym.spaces.Box(np.broadcast_to(np.asarray(space.low, np.float32), shape),
+                          np.broadcast_to(np.asarray(space.high, np.float32), shape), shape, np.float32)
+
+
 for _task in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1"):
     ENVS.register(_task)(lambda n, s, _t=_task: EnvPoolVec(_t, n, s))
     ENVS.register(f"gymnasium/{_task}")(lambda n, s, _t=_task: GymnasiumVec(_t, n, s))
+    ENVS.register(f"gymnax/{_task}")(lambda n, s, _t=_task: GymnaxVec(_t, n, s))
 # MuJoCo (continuous actions) from the EnvPool wheel; gymnasium 1.3 only ships their v5 versions.
 for _task in ("InvertedPendulum-v4", "InvertedDoublePendulum-v4", "Hopper-v4", "HalfCheetah-v4", "Walker2d-v4"):
     ENVS.register(_task)(lambda n, s, _t=_task: EnvPoolVec(_t, n, s))

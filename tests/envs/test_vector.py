@@ -6,7 +6,9 @@ from envs.vector import ENVS, EpisodeStats, action_bounds, make_vec_env
 from rl.errors import ConfigError
 
 
-@pytest.mark.parametrize("name", ENVS.names())
+# gymnax envs run jitted JAX: in a child process watched for XLA stalls (tests/conftest.py)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.jax) if n.startswith("gymnax/") else n
+                                  for n in ENVS.names()])
 def test_vector_env_contract(name):
     n = 3
     env = make_vec_env(name, n, seed=1)
