@@ -82,10 +82,9 @@ class GymnaxVec:
             obs, new_state, reward, done, _ = env.step_env(k_step, state, action, params)
             r_obs, r_state = env.reset_env(k_reset, params)
             truncated = new_state.time >= limit  # some gymnax envs (MountainCar) do not check the limit themselves
-            pick = lambda a, b: jnp.where(needs_reset, a, b)  # noqa: E731
-            out_state = jax.tree.map(lambda a, b: jnp.where(needs_reset, a, b), r_state, new_state)
-            return (pick(r_obs, obs), out_state, pick(0.0, reward), pick(False, done & ~truncated),
-                    pick(False, truncated))
+            # an env that ended on the previous step returns its reset instead: new obs/state, reward 0, no done
+            return jax.tree.map(lambda r, s: jnp.where(needs_reset, r, s), (r_obs, r_state, 0.0, False, False),
+                                (obs, new_state, reward, done & ~truncated, truncated))
 
         def step(key, state, actions, needs_reset):
             keys = jax.random.split(key, num_envs + 1)

@@ -1,4 +1,6 @@
-"""JAX/XLA:CPU settings that keep our JAX jobs from crashing or hanging (imported by `rl`, `envs` and `trainers`).
+"""JAX/XLA:CPU settings that keep our JAX jobs from crashing or hanging (the `rl`, `envs` and
+`trainers` packages import this, which applies the XLA flag; `envs.marl`, `trainers.marl` and the gymnax vector
+env call `configure_jax`).
 
 1. Asynchronous dispatch on CPU is switched off (`configure_jax`, called on import of `envs.marl` and
    `trainers.marl`, before they run any JAX code). A jitted call sometimes never returns: the main thread waits
@@ -11,7 +13,8 @@
 2. jaxlib 0.10.2's YNNPACK fusions segfault on some rank-7 reductions (jax-ml/jax#39257, fixed upstream after
    0.10.2): `--xla_cpu_experimental_ynn_fusion_type=` is appended to XLA_FLAGS unless the user set that flag.
 
-Both only take effect if JAX's CPU backend has not started yet in this process.
+Both only take effect if JAX's CPU backend has not started yet in this process (importing any Orchard package
+sets the flag, so it is in time unless JAX already ran).
 """
 import os
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -32,23 +33,20 @@ class Watched:
 def _cpu_s(pid: int) -> float:
     try:
         p = psutil.Process(pid)
-        procs = [p, *p.children(recursive=True)]
-        return sum(c.cpu_times().user + c.cpu_times().system for c in procs)
+        return sum(sum(c.cpu_times()[:2]) for c in [p, *p.children(recursive=True)])  # user + system
     except psutil.Error:
         return 0.0
 
 
-def run_watched(cmd: list[str] | Callable[[int], list[str]], *, label: str, stall_s: float = 60.0, retries: int = 2, env: dict | None = None,
-                cwd: str | None = None, echo: bool = False) -> Watched:
+def run_watched(cmd: list[str] | Callable[[int], list[str]], *, label: str, stall_s: float = 60.0, retries: int = 2,
+                env: dict | None = None, cwd: str | None = None, echo: bool = False) -> Watched:
     """Run `cmd`; if it stalls, kill it and run it again, at most `retries` more times (`cmd` may be a function of
     the attempt number, e.g. to resume from a checkpoint). Returns its exit code and output (stdout and stderr
     together; not captured but shown as it comes when `echo`). Raises StalledError if every attempt stalled."""
-    import tempfile
-
     for attempt in range(retries + 1):
         with tempfile.TemporaryFile("w+") as log:
-            proc = subprocess.Popen(cmd(attempt) if callable(cmd) else cmd, stdout=None if echo else log, stderr=None if echo else subprocess.STDOUT,
-                                    env=env if env is not None else os.environ.copy(), cwd=cwd)
+            proc = subprocess.Popen(cmd(attempt) if callable(cmd) else cmd, stdout=None if echo else log,
+                                    stderr=None if echo else subprocess.STDOUT, env=env, cwd=cwd)
             last_cpu, last_change, stalled = -1.0, time.monotonic(), False
             while proc.poll() is None:
                 time.sleep(1.0)

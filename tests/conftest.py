@@ -13,7 +13,6 @@ for k, v in {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_ENABLE_V1_MULTIPROCESSING": "0
 # XLA:CPU (jaxlib 0.10.x) sometimes deadlocks in a jitted call (rl/_xla.py, rl/watchdog.py): a test marked `jax` is
 # run by a child pytest that the watchdog kills and reruns (at most twice) when its CPU time stops advancing, so a
 # deadlock costs a minute instead of CI's whole budget. A real failure in the child fails the test with its output.
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 
 import pytest  # noqa: E402

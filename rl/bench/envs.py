@@ -224,8 +224,6 @@ def ippo(a) -> tuple[list[dict], dict, str]:
 
 # --- apt: SAC wall time to a return threshold, synchronous env loop vs APT env workers ----------------------------------
 def _sac_to_target(a, workers: int, seed: int) -> dict:
-    import tempfile
-
     from rl.cli import launch
 
     with tempfile.TemporaryDirectory(prefix="orchard-bench-apt-") as d:

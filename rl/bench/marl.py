@@ -60,9 +60,9 @@ def _train_cmd(algo: str, env: str, run_dir: Path, a, attempt: int) -> list[str]
             "log.tensorboard=false", f"run_dir={run_dir}"]
 
 
-def run_pair_watched(algo: str, env: str, a) -> tuple[dict, dict, int]:
+def run_pair_watched(algo: str, env: str, a) -> tuple[dict, dict]:
     """One pair as an `rl train` job in a watched child (rl/watchdog.py): on an XLA stall the child is killed and
-    the job resumed from its last checkpoint, which continues bit-for-bit. -> (row, curve, stalls)."""
+    the job resumed from its last checkpoint, which continues bit-for-bit. -> (table row, learning curve)."""
     from rl.watchdog import run_watched
 
     with tempfile.TemporaryDirectory(prefix="orchard-bench-marl-") as d:
@@ -86,7 +86,7 @@ def run_pair_watched(algo: str, env: str, a) -> tuple[dict, dict, int]:
     curve = {"env_steps": [r["charts/env_steps"] for r in seg], "mean": [r["return/mean"] for r in seg],
              "std": [r["return/std"] for r in seg], "min": [r["return/min"] for r in seg],
              "max": [r["return/max"] for r in seg]}
-    return row, curve, w.stalls
+    return row, curve
 
 
 def make_config(algo: str, env: str, a):
@@ -132,6 +132,7 @@ def run(a) -> dict:
     algos = [x.strip() for x in a.algos.split(",") if x.strip()]
     for e in envs:
         MARL_ENVS.get(e)  # unknown names fail here, before any training, with a did-you-mean
+    eval_envs = {make_config(algo, envs[0], a).eval_envs for algo in algos}.pop()  # unknown algos fail here too
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -139,15 +140,14 @@ def run(a) -> dict:
     for env in envs:
         curves[env] = {}
         for algo in algos:
-            row, curves[env][algo], _ = run_pair_watched(algo, env, a)
+            row, curves[env][algo] = run_pair_watched(algo, env, a)
             rows.append(row)
             print(f"{env} {algo}: return {row['return_initial']:.3f} -> {row['return_final_mean']:.3f} "
                   f"+- {row['return_final_std']:.3f}  {row['env_steps_per_s']:.0f} env-steps/s  {row['wall_s']:.0f} s",
                   flush=True)
         plots.append(str(plot_curves(env, curves[env], out)))
     total_s = time.perf_counter() - t0
-    episodes = make_config(algos[0], envs[0], a).eval_envs
-    notes = (f"Returns: mean per-agent return of the sampled policy over {episodes} episodes per seed, before and after "
+    notes = (f"Returns: mean per-agent return of the sampled policy over {eval_envs} episodes per seed, before and after "
              f"training; final mean/std/min/max across {a.seeds} seeds. env_steps_per_s counts one step of every agent "
              f"as one env step, all seeds together, training segments only. Total wall time {total_s:.0f} s"
              f" (`stalls`: XLA deadlocks after which the pair's job was killed and resumed from its last checkpoint,"

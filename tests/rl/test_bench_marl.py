@@ -59,3 +59,9 @@ def test_bench_envs_apt_section_times_both_runs_to_the_target(tmp_path):
         assert r["reached"] == "1/1" and r["time_to_target_s"] > 0 and 2000 <= r["env_steps_to_target"] <= 3000
     assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0
     assert "faster than the synchronous loop" in (tmp_path / "envs.md").read_text()
+
+
+def test_bench_marl_unknown_algo_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match="did you mean 'mappo'"):
+        main(["bench", "marl", "--envs", "switch_riddle", "--algos", "ippo,mapo", "--out", str(tmp_path)])
+    assert not (tmp_path / "marl.json").exists()
