@@ -29,14 +29,22 @@ class ClusterConfig(Section):
     rollout_workers: int = Field(1, ge=1)
     """Rollout workers (Ray actors), each holding one engine. The local backend has exactly one."""
     trainer_ranks: int = Field(1, ge=1)
-    """Data-parallel trainer ranks. 1: the trainer runs in the controller process (the only mode implemented so far)."""
+    """Data-parallel trainer ranks. 1: the trainer runs in the controller's process; N > 1: N Ray actors in one
+    torch.distributed process group (gloo on CPU, NCCL on GPU), each updating on 1/N of every batch."""
+    trainer_strategy: Literal["ddp", "fsdp2"] = "ddp"
+    """How trainer ranks share the model: ddp replicates it and all-reduces gradients; fsdp2 shards parameters,
+    gradients and optimizer state (torch FSDP2), for models that do not fit one device (full fine-tuning only)."""
+    cpus_per_trainer: float = Field(1.0, gt=0)
+    """Ray CPUs reserved by each trainer rank (N > 1); also its torch thread count (rounded, at least 1)."""
+    gpus_per_trainer: float = Field(0.0, ge=0)
+    """Ray GPUs reserved by each trainer rank (N > 1). Use 1 on GPU nodes: NCCL needs one GPU per rank."""
     cpus_per_worker: float = Field(1.0, gt=0)
     """Ray CPUs reserved by each rollout worker; also its torch thread count (rounded, at least 1)."""
     gpus_per_worker: float = Field(0.0, ge=0)
     """Ray GPUs reserved by each rollout worker (fractions share a GPU)."""
     pin_cpus: bool = False
-    """Pin the trainer to core 0 and rollout worker i to core 1+i (Linux; wraps around the machine's cores), with
-    one torch thread each: what `rl bench async` uses to give each role its own core."""
+    """Pin trainer rank r to core r and rollout worker i to core trainer_ranks+i (Linux; wraps around the machine's
+    cores), with one torch thread each: what `rl bench async` uses to give each role its own core."""
     max_inflight_per_worker: int = Field(2, ge=1)
     """Tasks queued on a worker at once (2 keeps it busy while the controller collects the previous result)."""
     max_worker_restarts: int = Field(3, ge=0)
@@ -52,9 +60,9 @@ class ClusterConfig(Section):
         if self.backend == "local" and self.rollout_workers != 1:
             raise ValueError(f"cluster.rollout_workers={self.rollout_workers} needs cluster.backend=ray "
                              f"(the local backend runs exactly one worker in the trainer's process)")
-        if self.trainer_ranks != 1:
-            raise ValueError(f"cluster.trainer_ranks={self.trainer_ranks}: data-parallel trainer ranks are not "
-                             f"implemented yet; use 1")
+        if self.backend == "local" and self.trainer_ranks != 1:
+            raise ValueError(f"cluster.trainer_ranks={self.trainer_ranks} needs cluster.backend=ray (trainer ranks "
+                             f"are Ray actors; the local backend trains in the controller's process)")
         return self
 
 
@@ -77,10 +85,11 @@ def init_ray(c: ClusterConfig) -> bool:
         return True
     temp_dir = c.temp_dir or os.path.join(tempfile.gettempdir(), f"orchard-ray-{os.getuid()}")
     # Enough logical CPUs for every actor even on a small machine (oversubscription is logged, not a deadlock).
-    need = c.rollout_workers * c.cpus_per_worker
+    need = c.rollout_workers * c.cpus_per_worker + (c.trainer_ranks * c.cpus_per_trainer if c.trainer_ranks > 1 else 0)
     num_cpus = max(os.cpu_count() or 1, int(need + 0.999))
     if need > (os.cpu_count() or 1):
-        log.warning(f"cluster: {c.rollout_workers} rollout workers x {c.cpus_per_worker} CPUs exceed this "
+        ranks = f" + {c.trainer_ranks} trainer ranks x {c.cpus_per_trainer:g}" if c.trainer_ranks > 1 else ""
+        log.warning(f"cluster: {c.rollout_workers} rollout workers x {c.cpus_per_worker:g} CPUs{ranks} exceed this "
                     f"machine's {os.cpu_count()} cores; they will share them")
     ray.init(num_cpus=num_cpus, include_dashboard=c.dashboard, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", _temp_dir=temp_dir, configure_logging=False, log_to_driver=True)

@@ -103,12 +103,13 @@ class RolloutController:
         return {"busy_s": 0.0, "wait_s": 0.0, "load_s": 0.0, "checks": 0, "max_err": 0.0, "t0": time.perf_counter()}
 
     # --- weights ---------------------------------------------------------------------------------------------------
-    def publish(self, weights: dict[str, torch.Tensor], version: int, probe: list[Sample] | None = None,
+    def publish(self, weights, n_tensors: int, version: int, probe: list[Sample] | None = None,
                 trainer_probe: list[list[float]] | None = None) -> float:
-        """Send `weights` (policy `version`) to every worker; with a probe, queue a log-prob check on each.
+        """Send `weights` (policy `version`: a name -> tensor dict, or a Ray ObjectRef to one that a trainer rank put
+        in the object store) to every worker; with a probe, queue a log-prob check on each.
         Returns the seconds this took on the trainer's side (serialisation into the object store)."""
         t0 = time.perf_counter()
-        self.weights_ref, self.n_tensors, self.version = self.pool.put(weights), len(weights), version
+        self.weights_ref, self.n_tensors, self.version = self.pool.put(weights), n_tensors, version
         if probe is not None:
             self.probe = probe
             self.trainer_probe[version] = trainer_probe

@@ -85,13 +85,14 @@ class WorkerPool:
     """N rollout workers reached the same way whether they are Ray actors or one in-process object."""
 
     def __init__(self, backend: str, n: int, worker_args: dict, *, cpus_per_worker: float = 1.0,
-                 gpus_per_worker: float = 0.0, pin_cpus: bool = False, env_vars: dict | None = None):
+                 gpus_per_worker: float = 0.0, pin_cpus: bool = False, env_vars: dict | None = None,
+                 first_core: int = 1):
         if backend == "local" and n != 1:
             raise ValueError(f"cluster.rollout_workers={n}: the local backend runs exactly one worker in process "
                              f"(use cluster.backend=ray for more)")
         self.backend, self.n, self.args = backend, n, worker_args
         self.cpus, self.gpus, self.pin = cpus_per_worker, gpus_per_worker, pin_cpus
-        self.env_vars = env_vars or {}
+        self.env_vars, self.first_core = env_vars or {}, first_core
         self.workers: list[Any] = [None] * n
         self._queue: list[_Call] = []  # local backend: calls not yet run, in order
         self.restarts = [0] * n
@@ -100,7 +101,7 @@ class WorkerPool:
 
     def _kwargs(self, i: int) -> dict:
         threads = max(1, int(round(self.cpus)))
-        return {**self.args, "index": i, "pin_core": (1 + i) if self.pin else None, "threads": threads}
+        return {**self.args, "index": i, "pin_core": (self.first_core + i) if self.pin else None, "threads": threads}
 
     def start(self, i: int) -> None:
         if self.backend == "local":
@@ -132,12 +133,12 @@ class WorkerPool:
         return getattr(self.workers[i], method).remote(*args)
 
     def put(self, value: Any) -> Any:
-        """Share one value with every worker (Ray object store: serialised once)."""
+        """Share one value with every worker (Ray object store: serialised once; an ObjectRef is shared as is)."""
         if self.backend == "local":
             return value
         import ray
 
-        return ray.put(value)
+        return value if isinstance(value, ray.ObjectRef) else ray.put(value)
 
     def wait(self, handles: list, timeout: float | None = None) -> list:
         """The finished handles among `handles` (at least one unless `timeout` passes)."""

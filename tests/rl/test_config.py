@@ -89,3 +89,15 @@ def test_every_field_is_documented():
             continue
         undocumented = [line for line in describe(cls) if line.endswith("# ")]
         assert not undocumented, f"{name}: fields without a docstring: {undocumented}"
+
+
+def test_trainer_ranks_need_ray_and_fsdp2_refuses_lora():
+    with pytest.raises(ConfigError, match=r"cluster: .*cluster\.trainer_ranks=2 needs cluster\.backend=ray"):
+        load_config("configs/grpo_tiny.yaml", ["cluster.backend=local", "cluster.trainer_ranks=2"])
+    with pytest.raises(ConfigError, match=r"cluster\.trainer_strategy=fsdp2 with model\.lora\.enabled=true"):
+        load_config("configs/grpo_tiny.yaml", ["cluster.trainer_ranks=2", "cluster.trainer_strategy=fsdp2",
+                                               "model.lora.enabled=true"])
+    with pytest.raises(ConfigError, match=r"cluster\.trainer_strategy: .*'ddp' or 'fsdp2'"):
+        load_config("configs/grpo_tiny.yaml", ["cluster.trainer_strategy=zero3"])
+    cfg = load_config("configs/grpo_tiny.yaml", ["cluster.trainer_ranks=2", "cluster.trainer_strategy=fsdp2"])
+    assert cfg.cluster.trainer_ranks == 2 and cfg.cluster.trainer_strategy == "fsdp2"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rl.cluster import ClusterConfig
 from rl.config import JobConfig, Section
@@ -179,3 +179,12 @@ class GRPOConfig(JobConfig):
         if isinstance(v, list):
             return [{"fn": x} if isinstance(x, str) else x for x in v]
         return v
+
+    @model_validator(mode="after")
+    def _check_strategy(self):
+        c = self.cluster
+        if c.trainer_ranks > 1 and c.trainer_strategy == "fsdp2" and self.model.lora.enabled:
+            raise ValueError("cluster.trainer_strategy=fsdp2 with model.lora.enabled=true: FSDP2 here shards full "
+                             "fine-tuning only (a LoRA adapter is small: use cluster.trainer_strategy=ddp)")
+        return self
+

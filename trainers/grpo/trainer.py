@@ -1,6 +1,8 @@
 """GRPO and its variants (Dr. GRPO, DAPO), read top to bottom.
 
-One step = generate -> score -> advantage -> update -> sync weights -> log/evaluate/checkpoint.
+One step = generate -> score -> advantage -> update -> sync weights -> log/evaluate/checkpoint. This process is
+the controller: rollout workers generate (`rollout/`), and the policy, its update and its checkpoints live on the
+trainer ranks (`trainers/grpo/ranks.py`: in this process for one rank, Ray actors for more).
 Every sample carries its behaviour log-probs and policy versions, so off-policy correction
 (`trainer.offpolicy`) and asynchronous rollouts slot in without changing this loop's shape.
 """
@@ -11,94 +13,22 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from rewards import RewardSet, RewardSpec
-from rl.errors import OrchardError, WeightSyncError
+from rl.errors import OrchardError
 from rl.rundir import RunDir, atomic_write_text
 from rl.seeding import rng_state, seed_everything, set_rng_state
 from rl.zoo import resolve_model_path
-from rollout.engine import policy_logprobs
 from rollout.types import RolloutBatch, Sample, SamplingParams
 from trainers.advantages import ADVANTAGES, zero_std_groups
 from trainers.grpo.batch import PromptSampler, collate
 from trainers.grpo.config import GRPOConfig
-from trainers.grpo.loss import LossConfig, LossInputs, policy_loss
+from trainers.grpo.ranks import load_tokenizer, make_trainer
 
 log = logging.getLogger("orchard")
-
-
-# --- set-up ------------------------------------------------------------------------------------------------------
-@dataclass
-class Policy:
-    """The trainable model (optionally a peft LoRA wrapper), its tokenizer, optimizer and frozen reference."""
-
-    model: torch.nn.Module
-    tokenizer: object
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    ref: torch.nn.Module | None
-    lora: bool
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    def merged_state_dict(self) -> dict[str, torch.Tensor]:
-        """Full HF parameter names -> tensors (LoRA merged in), as rollout engines expect."""
-        if not self.lora:
-            return {k: v.detach() for k, v in self.model.state_dict().items()}
-        self.model.merge_adapter()
-        try:
-            sd = {}
-            for k, v in self.model.state_dict().items():
-                if "lora_" in k:
-                    continue
-                sd[k.replace("base_model.model.", "", 1).replace(".base_layer", "")] = v.detach().clone()
-            return sd
-        finally:
-            self.model.unmerge_adapter()
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def build_policy(cfg: GRPOConfig, model_dir: Path) -> Policy:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    tok.padding_side = "left"
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    dtype = torch_dtype(cfg.model.dtype)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
-    ref = None
-    if cfg.trainer.kl_coef > 0 and not cfg.model.lora.enabled:
-        ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval().requires_grad_(False)
-    if cfg.model.lora.enabled:
-        from peft import LoraConfig, get_peft_model
-
-        lc = cfg.model.lora
-        model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                                                 target_modules=lc.target_modules, task_type="CAUSAL_LM"))
-    model.train()
-    t = cfg.trainer
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr, betas=t.betas,
-                            weight_decay=t.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (t.warmup_steps + 1)))
-    return Policy(model, tok, opt, sched, ref, cfg.model.lora.enabled, device)
-
-
-def ref_logprobs(policy: Policy, batch: RolloutBatch, temperature: float) -> torch.Tensor | None:
-    if policy.ref is not None:
-        with torch.no_grad():
-            return policy_logprobs(policy.ref, batch.input_ids, batch.attention_mask, batch.prompt_len, temperature)
-    if policy.lora:  # the reference is the base model: the same weights with adapters switched off
-        with torch.no_grad(), policy.model.disable_adapter():
-            return policy_logprobs(policy.model, batch.input_ids, batch.attention_mask, batch.prompt_len, temperature)
-    return None
 
 
 # --- phases ------------------------------------------------------------------------------------------------------
@@ -117,65 +47,6 @@ def score(reward_set: RewardSet, rows: list[dict], G: int, completions: list[str
     return reward_set([r["prompt"] for r in expanded], completions, columns)
 
 
-def update(policy: Policy, batch: RolloutBatch, cfg: GRPOConfig, loss_cfg: LossConfig, recompute: bool = False) -> dict:
-    """`ppo_epochs` optimizer steps over the batch, accumulating gradients over micro-batches so that the
-    result equals one full-batch step (each micro-batch's loss is weighted by its share of the aggregate)."""
-    t, T = cfg.trainer, max(cfg.rollout.temperature, 1e-6)
-    B = len(batch)
-    dev = policy.device
-    # The "old" (proximal) policy of the clipped ratio is the policy before this update. With one epoch the
-    # parameters do not change until the single optimizer step, so its log-probs are exactly the current ones,
-    # detached: no extra forward pass. With more epochs they are recomputed once, up front.
-    prox_is_current = (recompute or t.recompute_old_logprobs) and t.ppo_epochs == 1
-    with torch.no_grad():
-        old = batch.behav_logprobs
-        if t.ppo_epochs > 1:
-            policy.model.eval()
-            old = torch.cat([policy_logprobs(policy.model, mb.input_ids.to(dev), mb.attention_mask.to(dev),
-                                             mb.prompt_len, T).float().cpu()
-                             for mb in _micro(batch, t.micro_batch_size)])  # [B, L]
-            policy.model.train()
-        ref = None
-        if t.kl_coef > 0:
-            ref = torch.cat([ref_logprobs(policy, mb, T).float().cpu() for mb in _micro(batch, t.micro_batch_size)])
-    total_tokens = batch.response_mask.sum().clamp(min=1)
-    metrics: dict[str, float] = {}
-    for _ in range(t.ppo_epochs):
-        policy.optimizer.zero_grad(set_to_none=True)
-        for start in range(0, B, t.micro_batch_size):
-            idx = slice(start, min(B, start + t.micro_batch_size))
-            mb = batch.select(idx)
-            lp = policy_logprobs(policy.model, mb.input_ids.to(dev), mb.attention_mask.to(dev), mb.prompt_len, T)
-            old_mb = lp.detach().float() if prox_is_current else old[idx].to(dev)
-            inputs = LossInputs(logprobs=lp.float(), old_logprobs=old_mb, behav_logprobs=mb.behav_logprobs.to(dev),
-                                advantages=mb.advantages.to(dev), response_mask=mb.response_mask.to(dev),
-                                ref_logprobs=None if ref is None else ref[idx].to(dev))
-            loss, m = policy_loss(inputs, loss_cfg, name=t.loss)
-            share = (mb.response_mask.sum() / total_tokens) if t.loss_agg == "token_mean" else torch.tensor(len(mb) / B)
-            (loss * share.to(dev)).backward()
-            for k, v in m.items():
-                metrics[k] = metrics.get(k, 0.0) + float(v) * float(share)
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in policy.model.parameters() if p.requires_grad], t.max_grad_norm)
-        policy.optimizer.step()
-        policy.scheduler.step()
-    metrics = {k: v / t.ppo_epochs for k, v in metrics.items()}
-    metrics["actor/grad_norm"] = float(grad_norm)
-    metrics["actor/lr"] = policy.scheduler.get_last_lr()[0]
-    return metrics
-
-
-@torch.no_grad()
-def probe_logprobs(policy: Policy, probe: list[Sample]) -> list[list[float]]:
-    """The trainer's T=1 log-probs of the weight-sync probe's completions (what every worker must reproduce)."""
-    z = torch.zeros(len(probe))
-    b = collate(probe, z, z, z.long(), policy.tokenizer.pad_token_id)
-    was_training = policy.model.training
-    policy.model.eval()
-    lp = policy_logprobs(policy.model, b.input_ids.to(policy.device), b.attention_mask.to(policy.device), b.prompt_len, 1.0)
-    policy.model.train(was_training)
-    return [lp[i, :len(s.completion_ids)].float().cpu().tolist() for i, s in enumerate(probe)]
-
-
 class WorkerEngine:
     """`generate` on rollout worker 0, after everything already queued there (used for evaluation)."""
 
@@ -184,11 +55,6 @@ class WorkerEngine:
 
     def generate(self, prompts, sampling):
         return self.controller.call_blocking(0, "generate", -1, prompts, sampling)["samples"]
-
-
-def _micro(batch: RolloutBatch, size: int):
-    for start in range(0, len(batch), size):
-        yield batch.select(slice(start, start + size))
 
 
 def evaluate(engine, tok, rows: list[dict], cfg: GRPOConfig) -> dict:
@@ -202,45 +68,29 @@ def evaluate(engine, tok, rows: list[dict], cfg: GRPOConfig) -> dict:
 
 
 # --- checkpoint --------------------------------------------------------------------------------------------------
-def save_checkpoint(run: RunDir, step: int, policy: Policy, sampler: PromptSampler, extra: dict, keep: int) -> None:
+def save_checkpoint(run: RunDir, step: int, trainer, sampler: PromptSampler, extra: dict, keep: int) -> None:
+    """Atomic: the trainer writes model/ and optimizer.pt, this process the loop's own state."""
     with run.checkpoint_writer(step, keep=keep) as d:
-        policy.model.save_pretrained(d / "model", safe_serialization=True)
-        policy.tokenizer.save_pretrained(d / "model")
-        torch.save({"step": step, "optimizer": policy.optimizer.state_dict(), "scheduler": policy.scheduler.state_dict(),
-                    "rng": rng_state(), "sampler": sampler.state_dict(), **extra}, d / "trainer_state.pt")
+        trainer.save(d)
+        torch.save({"step": step, "rng": rng_state(), "sampler": sampler.state_dict(), **extra}, d / "trainer_state.pt")
 
 
-def load_checkpoint(ckpt: Path, policy: Policy, sampler: PromptSampler) -> dict:
-    from safetensors.torch import load_file
-
-    weights = {}
-    for f in sorted((ckpt / "model").glob("*.safetensors")):
-        weights.update(load_file(f))
-    if policy.lora:
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(policy.model, weights)
-    else:
-        missing, unexpected = policy.model.load_state_dict(weights, strict=False)
-        if unexpected or [k for k in missing if "lm_head" not in k]:  # lm_head may be tied to the embedding
-            raise RuntimeError(f"checkpoint {ckpt} does not match the model: missing={missing[:5]} unexpected={unexpected[:5]}")
+def load_loop_state(ckpt: Path, sampler: PromptSampler) -> dict:
+    """The loop's side of a checkpoint (the trainer loads model and optimizer itself): RNG, sampler, extras."""
     state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-    policy.optimizer.load_state_dict(state["optimizer"])
-    policy.scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     sampler.load_state_dict(state["sampler"])
     return state
 
 
 # --- the loop ----------------------------------------------------------------------------------------------------
-def start_workers(cfg: GRPOConfig, model_dir: Path, run: RunDir):
-    """Rollout workers per `cfg.cluster` (starting a local Ray if needed). Returns (pool, ray_started)."""
-    from rl.cluster import init_ray, pin_to_core
+def start_workers(cfg: GRPOConfig, model_dir: Path):
+    """Rollout workers per `cfg.cluster` (Ray, if used, is already up)."""
+    from rl.cluster import pin_to_core
     from rollout.workers import WorkerPool
 
     c, r = cfg.cluster, cfg.rollout
-    started = init_ray(c) if c.backend == "ray" else False
-    if c.pin_cpus:
+    if c.pin_cpus and c.trainer_ranks == 1:
         pin_to_core(0, 1)
     opts = {"dtype": cfg.model.dtype, "seed": cfg.seed, "max_batch": r.max_batch}
     env = {}
@@ -250,8 +100,8 @@ def start_workers(cfg: GRPOConfig, model_dir: Path, run: RunDir):
         env = {k: v for k, v in os.environ.items() if k.startswith("VLLM_")}
     pool = WorkerPool(c.backend, c.rollout_workers, {"kind": r.engine, "model_path": str(model_dir), "engine_opts": opts},
                       cpus_per_worker=c.cpus_per_worker, gpus_per_worker=c.gpus_per_worker, pin_cpus=c.pin_cpus,
-                      env_vars=env)
-    return pool, started
+                      env_vars=env, first_core=c.trainer_ranks)
+    return pool
 
 
 def staleness_metrics(batch: RolloutBatch, step: int, max_staleness: int) -> dict:
@@ -269,25 +119,36 @@ def staleness_metrics(batch: RolloutBatch, step: int, max_staleness: int) -> dic
 
 
 def train(cfg: GRPOConfig, run: RunDir) -> dict:
-    from envs.datasets import load_prompts
-    from rl.progress import Tracker
-    from rollout.controller import RolloutController
-    from rollout.types import SamplingParams
+    """Start (or join) Ray if the cluster uses it, run the loop, and shut Ray down again if this call started it."""
+    from rl.cluster import init_ray
 
     t_start = time.time()
     seed_everything(cfg.seed)
     model_dir = resolve_model_path(cfg.model.path)
-    policy = build_policy(cfg, model_dir)
-    tok = policy.tokenizer
+    latest = run.latest_checkpoint()
+    ray_started = init_ray(cfg.cluster) if cfg.cluster.backend == "ray" else False
+    try:
+        return _train(cfg, run, model_dir, latest, t_start)
+    finally:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+
+
+def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float) -> dict:
+    from envs.datasets import load_prompts
+    from rl.progress import Tracker
+    from rollout.controller import RolloutController
+
+    trainer = make_trainer(cfg, model_dir, latest[1] if latest else None)
+    tok = load_tokenizer(model_dir)
     d, r, t, c = cfg.data, cfg.rollout, cfg.trainer, cfg.cluster
     train_rows = load_prompts(d.name, "train", d.train_size, cfg.seed, d.prompt_key, d.answer_key)
     eval_rows = load_prompts(d.name, "test", d.eval_size, 0, d.prompt_key, d.answer_key)  # fixed across seeds
     sampler = PromptSampler(len(train_rows), cfg.seed)
     reward_set = RewardSet([RewardSpec(fn=x.fn, weight=x.weight, kwargs=dict(x.kwargs)) for x in cfg.reward],
                            timeout_s=cfg.reward_timeout_s, on_error=cfg.on_reward_error)
-    offpolicy = t.offpolicy or ("decoupled" if cfg.max_staleness > 0 else "none")
-    loss_cfg = LossConfig(clip_low=t.clip_low, clip_high=t.clip_high, dual_clip_c=t.dual_clip_c, agg=t.loss_agg,
-                          max_len=r.max_new_tokens, kl_coef=t.kl_coef, offpolicy=offpolicy, is_cap=t.is_cap)
     advantage_fn = ADVANTAGES.get(t.advantage)
     G = r.num_generations
 
@@ -301,17 +162,15 @@ def train(cfg: GRPOConfig, run: RunDir) -> dict:
         atomic_write_text(run.path / "workers.json", json.dumps(infos, indent=2))
 
     start_step, before, ctrl_state = 0, None, None
-    latest = run.latest_checkpoint()
     if latest is not None:
-        state = load_checkpoint(latest[1], policy, sampler)
+        state = load_loop_state(latest[1], sampler)
         start_step, before, ctrl_state = state["step"], state["eval_before"], state.get("controller")
         run.truncate_metrics(start_step)
         log.info(f"resumed from {latest[1]} at step {start_step}")
 
-    pool, ray_started = start_workers(cfg, model_dir, run)
-    ctrl = None
-    tracker = None
+    ctrl = pool = tracker = None
     try:
+        pool = start_workers(cfg, model_dir)
         ctrl = RolloutController(
             pool, prompt_ids=[tok(row["prompt"])["input_ids"] for row in train_rows], sampler=sampler,
             score_fn=score_fn, group_size=G, groups_per_step=r.prompts_per_step, max_staleness=cfg.max_staleness,
@@ -322,7 +181,7 @@ def train(cfg: GRPOConfig, run: RunDir) -> dict:
             sync_tol=t.sync_check_tol, on_workers_changed=write_workers)
         if ctrl_state:
             ctrl.load_state_dict(ctrl_state)
-        ctrl.publish(policy.merged_state_dict(), start_step)
+        ctrl.publish(*trainer.weights(), start_step)
         eval_engine = WorkerEngine(ctrl)
         if before is None:
             before = evaluate(eval_engine, tok, eval_rows, cfg)["eval/accuracy"]
@@ -361,7 +220,7 @@ def train(cfg: GRPOConfig, run: RunDir) -> dict:
             m["dynamic_sampling/groups"] = len(groups)
             if not groups:
                 m["dynamic_sampling/skipped_step"] = 1.0
-                ctrl.publish(policy.merged_state_dict(), step)  # the version advances even without an update
+                ctrl.publish(*trainer.weights(), step)  # the version advances even without an update
                 tracker.log(step, m)
                 continue
             rewards_t = torch.cat([g.rewards for g in groups])
@@ -373,13 +232,14 @@ def train(cfg: GRPOConfig, run: RunDir) -> dict:
             m.update(staleness_metrics(batch, step, cfg.max_staleness))
             # update
             t1 = time.time()
-            m.update(update(policy, batch, cfg, loss_cfg, recompute))
+            m.update(trainer.update(batch, recompute))
             t_train = time.time() - t1
             # publish the new weights to every worker (+ the probe check, verified asynchronously by each worker)
             t2 = time.time()
-            weights = policy.merged_state_dict()
+            weights, n_tensors = trainer.weights()
             check = t.sync_check_every and step % t.sync_check_every == 0 and probe
-            ctrl.publish(weights, step, probe if check else None, probe_logprobs(policy, probe) if check else None)
+            ctrl.publish(weights, n_tensors, step, probe if check else None,
+                         trainer.probe_logprobs(probe) if check else None)
             t_sync = time.time() - t2
             gen_tokens = sum(len(x.completion_ids) for x in samples)
             m.update({"perf/gen_s": t_gen, "perf/train_s": t_train, "perf/sync_s": t_sync,
@@ -397,21 +257,19 @@ def train(cfg: GRPOConfig, run: RunDir) -> dict:
                                        f"the last complete checkpoint is intact, resume with --resume")
             tracker.log(step, m)
             if step == cfg.max_steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
-                save_checkpoint(run, step, policy, sampler, {"eval_before": before, "controller": ctrl.state_dict()},
+                save_checkpoint(run, step, trainer, sampler, {"eval_before": before, "controller": ctrl.state_dict()},
                                 cfg.checkpoint.keep)
         ledger = dict(ctrl.stats, outstanding=ctrl.sched.n_outstanding)
     finally:
         if tracker is not None:
             tracker.close()
-        pool.close()
-        if ray_started:
-            import ray
-
-            ray.shutdown()
+        if pool is not None:
+            pool.close()
+        trainer.close()
     after = last_eval
     summary = {"algo": "grpo", "steps": cfg.max_steps, "eval/accuracy_before": before, "eval/accuracy_after": after,
                "eval/accuracy_gain": after - before, "eval/size": len(eval_rows), "model": str(model_dir),
-               "engine": r.engine, "device": str(policy.device), "backend": c.backend, "rollout_workers": c.rollout_workers,
+               "engine": r.engine, "device": str(trainer.device), "trainer_ranks": c.trainer_ranks, "backend": c.backend, "rollout_workers": c.rollout_workers,
                "max_staleness": cfg.max_staleness, "rollout_ledger": ledger, "wall_time_s": time.time() - t_start,
                "final_checkpoint": str(run.latest_checkpoint()[1]) if run.latest_checkpoint() else None}
     log.info(f"held-out accuracy: {before:.3f} -> {after:.3f} ({after - before:+.3f})")
