@@ -25,6 +25,8 @@ def add_arguments(p) -> None:
     p.add_argument("--config", default="configs/grpo_tiny.yaml", help="the Orchard recipe both systems mirror")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads for each system (0: all cores)")
+    p.add_argument("--timeout", type=float, default=3600.0,
+                   help="seconds one system's run may take before the bench stops it and fails (default 3600)")
     p.add_argument("--worker", choices=["orchard", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
 
@@ -131,7 +133,13 @@ def run(a) -> dict:
             cmd = [sys.executable, "-m", "rl.cli", "bench", "grpo", "--worker", system, "--workdir", work,
                    "--steps", str(a.steps), "--config", a.config, "--seed", str(a.seed), "--threads", str(a.threads)]
             t0 = time.time()
-            subprocess.run(cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"})
+            try:
+                subprocess.run(cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"}, timeout=a.timeout)
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"rl bench grpo: the {system} run did not finish within --timeout {a.timeout:g} s")
+            except subprocess.CalledProcessError as e:
+                raise RuntimeError(f"rl bench grpo: the {system} run failed (exit {e.returncode}; its output is "
+                                   f"above)") from None
             results[system] = json.loads(Path(work, f"{system}.json").read_text())
             results[system]["wall_s"] = time.time() - t0
     rows = [_summarise(name, res) for name, res in results.items()]

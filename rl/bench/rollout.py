@@ -27,6 +27,8 @@ def add_arguments(p) -> None:
     p.add_argument("--prompts", type=int, default=128, help="prompts per generate call")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per prompt")
     p.add_argument("--repeats", type=int, default=3, help="timed generate calls per cell (after one warm-up)")
+    p.add_argument("--timeout", type=float, default=1800.0,
+                   help="seconds one (engine, size) cell may take; a cell past it is reported as an error row")
     p.add_argument("--worker", nargs=2, metavar=("ENGINE", "SIZE"), help=argparse.SUPPRESS)
 
 
@@ -99,7 +101,11 @@ def run(a) -> dict:
         for eng in engines:
             cmd = [sys.executable, "-m", "rl.cli", "bench", "rollout", "--worker", eng, size, "--prompts", str(a.prompts),
                    "--new-tokens", str(a.new_tokens), "--repeats", str(a.repeats)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=a.timeout)
+            except subprocess.TimeoutExpired:
+                rows.append({"engine": eng, "size": size, "error": f"timed out after --timeout {a.timeout:g} s"})
+                continue
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
                 rows.append({"engine": eng, "size": size, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]})
