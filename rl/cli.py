@@ -61,7 +61,7 @@ def launch(config: str | None, overrides: list[str], resume: str | None = None) 
     return summary
 
 
-def cmd_train(a: argparse.Namespace) -> None:
+def cmd_train(a: argparse.Namespace) -> int:
     from rl.config import JOBS, describe, get_job, load_config, read_yaml
 
     if a.list:
@@ -84,7 +84,62 @@ def cmd_train(a: argparse.Namespace) -> None:
         config = None
     if not config and not a.resume:
         load_config(None, overrides)  # validates; a bare `rl train` runs the typed defaults
+    if _watch_stalls(config, overrides, a.resume):
+        return _train_watched(config, overrides, a.resume)
     launch(config, overrides, resume=a.resume)
+    return 0
+
+
+def _watch_stalls(config: str | None, overrides: list[str], resume: str | None) -> bool:
+    from rl.config import get_job, load_config, read_yaml
+    from rl.watchdog import WATCHED
+
+    if os.environ.get(WATCHED) == "1":  # already the watched child
+        return False
+    if resume:
+        p = Path(resume) / "config.yaml"
+        algo = read_yaml(p).get("algo") if p.is_file() else None
+    else:
+        algo = load_config(config, overrides).algo
+    return algo is not None and get_job(algo).watch_stalls
+
+
+def _train_watched(config: str | None, overrides: list[str], resume: str | None) -> int:
+    """Run the job in a child `rl train` watched for CPU stalls (XLA:CPU deadlocks, rl/watchdog.py); after a stall
+    it is killed and continued with `rl train --resume` from its last checkpoint (from the start if it had none).
+    ORCHARD_STALL_S (default 120) and ORCHARD_STALL_RETRIES (default 5) tune it."""
+    import shutil
+
+    from rl.config import load_config
+    from rl.rundir import default_run_dir
+    from rl.watchdog import StalledError, run_watched
+
+    if resume:
+        run_dir = Path(resume)
+    else:
+        cfg = load_config(config, overrides)
+        run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg.algo)
+        overrides = [*overrides, f"run_dir={run_dir}"]
+    base = [sys.executable, "-m", "rl.cli", "train"]
+    first = [*base, "--resume", str(run_dir), *overrides] if resume else [*base, *([config] if config else []), *overrides]
+
+    def cmd(attempt: int) -> list[str]:
+        if attempt and any((run_dir / "checkpoints").glob("step-*/COMPLETE")):
+            return [*base, "--resume", str(run_dir)]  # its config.yaml already holds every override
+        for tmp in (run_dir / "checkpoints").glob(".tmp-*"):  # a checkpoint the stalled child never finished
+            shutil.rmtree(tmp, ignore_errors=True)
+        return first
+
+    stall_s = float(os.environ.get("ORCHARD_STALL_S", "120"))
+    try:
+        w = run_watched(cmd, label=f"rl train {run_dir}", stall_s=stall_s,
+                        retries=int(os.environ.get("ORCHARD_STALL_RETRIES", "5")), echo=True)
+    except StalledError as e:
+        raise OrchardError(f"{e}; the run's complete checkpoints are intact: `rl train --resume {run_dir}`") from None
+    if w.stalls:
+        print(f"rl train: {run_dir} finished after {w.stalls} restart(s) from its last checkpoint (XLA:CPU stall)",
+              file=sys.stderr)
+    return w.returncode
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
@@ -209,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         a, rest = p.parse_args(argv), []
     try:
         if a.cmd == "train":
-            cmd_train(a)
+            return cmd_train(a) or 0
         elif a.cmd == "eval":
             cmd_eval(a)
         elif a.cmd == "models":

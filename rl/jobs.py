@@ -15,3 +15,6 @@ class Job:
     run: Callable[[JobConfig, RunDir], dict]
     """run(cfg, run_dir) trains (resuming from run_dir's latest checkpoint if it has one) and returns the summary."""
     description: str = ""
+    watch_stalls: bool = False
+    """`rl train` runs the job in a child process and restarts it from its last checkpoint when it stops making CPU
+    progress (the XLA:CPU deadlock of the JAX jobs; see rl/watchdog.py)."""

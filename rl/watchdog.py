@@ -19,6 +19,9 @@ from typing import Callable
 import psutil
 
 
+WATCHED = "ORCHARD_WATCHED"  # set in every watched child
+
+
 class StalledError(RuntimeError):
     pass
 
@@ -43,6 +46,7 @@ def run_watched(cmd: list[str] | Callable[[int], list[str]], *, label: str, stal
     """Run `cmd`; if it stalls, kill it and run it again, at most `retries` more times (`cmd` may be a function of
     the attempt number, e.g. to resume from a checkpoint). Returns its exit code and output (stdout and stderr
     together; not captured but shown as it comes when `echo`). Raises StalledError if every attempt stalled."""
+    env = {**(os.environ if env is None else env), WATCHED: "1"}  # an `rl train` in the child does not re-watch itself
     for attempt in range(retries + 1):
         with tempfile.TemporaryFile("w+") as log:
             proc = subprocess.Popen(cmd(attempt) if callable(cmd) else cmd, stdout=None if echo else log,

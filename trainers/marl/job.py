@@ -116,5 +116,6 @@ def train(cfg: MarlConfig, run: RunDir) -> dict:
             "wall_time_s": time.time() - t_start}
 
 
-JOB = Job("ippo", IPPOConfig, train, "IPPO on JaxMARL envs (JAX, PureJaxRL style, seeds vmapped)")
-MAPPO_JOB = Job("mappo", MAPPOConfig, train, "MAPPO (centralised critic) on JaxMARL envs (JAX, seeds vmapped)")
+JOB = Job("ippo", IPPOConfig, train, "IPPO on JaxMARL envs (JAX, PureJaxRL style, seeds vmapped)", watch_stalls=True)
+MAPPO_JOB = Job("mappo", MAPPOConfig, train, "MAPPO (centralised critic) on JaxMARL envs (JAX, seeds vmapped)",
+                watch_stalls=True)
