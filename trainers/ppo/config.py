@@ -1,16 +1,19 @@
-"""PPO job config (CleanRL ppo.py defaults for classic control)."""
+"""PPO job config: CleanRL ppo.py defaults for classic control; the continuous-action knobs (observation
+normalisation, reward scaling, the Gaussian's initial log-std) follow ppo_continuous_action.py. The action space
+of `env.name` picks the policy head: Discrete -> Categorical, Box -> diagonal Gaussian."""
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from rl.config import JobConfig, Section
 
 
 class EnvConfig(Section):
     name: str = "CartPole-v1"
-    """A registered vector env (`envs.vector.ENVS`): EnvPool tasks by name, `gymnasium/<task>` for gymnasium."""
+    """A registered vector env (`envs.vector.ENVS`): EnvPool tasks by name, `gymnasium/<task>` for gymnasium.
+    Discrete actions (CartPole-v1) or continuous ones (Pendulum-v1, Hopper-v4)."""
     num_envs: int = Field(8, ge=1)
     """Parallel environments."""
 
@@ -33,7 +36,7 @@ class PPOConfig(JobConfig):
     gae_lambda: float = Field(0.95, ge=0, le=1)
     """GAE lambda."""
     num_minibatches: int = Field(4, ge=1)
-    """Minibatches per epoch."""
+    """Minibatches per epoch (at most env.num_envs x num_steps)."""
     update_epochs: int = Field(4, ge=1)
     """Epochs over each batch."""
     clip_coef: float = Field(0.2, gt=0)
@@ -48,5 +51,28 @@ class PPOConfig(JobConfig):
     """Gradient clipping norm."""
     hidden: int = Field(64, ge=1)
     """Width of the two tanh hidden layers of the actor and the critic."""
+    norm_obs: bool | None = None
+    """Normalise observations by their running mean/std (saved in checkpoints, frozen for evaluation).
+    None: on for continuous-action envs, off for discrete ones."""
+    clip_obs: float = Field(10.0, gt=0)
+    """Normalised observations are clipped to [-clip_obs, clip_obs]."""
+    norm_reward: bool | None = None
+    """Divide rewards by the running std of the discounted return (training only; episode returns are logged
+    unscaled). None: on for continuous-action envs, off for discrete ones."""
+    clip_reward: float = Field(10.0, gt=0)
+    """Scaled rewards are clipped to [-clip_reward, clip_reward]."""
+    init_log_std: float = Field(0.0, ge=-5, le=2)
+    """Continuous actions: initial value of the Gaussian's state-independent, learnable log-std."""
+    torch_threads: int = Field(1, ge=0)
+    """Torch intra-op threads (0: torch's default). Small MLPs run fastest on one thread on our shared 2 cores."""
     eval_episodes: int = Field(10, ge=1)
     """Episodes (greedy policy) evaluated before and after training."""
+
+    @field_validator("num_minibatches")
+    @classmethod
+    def _minibatches_fit_the_batch(cls, v: int, info: ValidationInfo) -> int:
+        env, num_steps = info.data.get("env"), info.data.get("num_steps")
+        if env is not None and num_steps is not None and v > env.num_envs * num_steps:
+            raise ValueError(f"{v} minibatches do not fit a batch of env.num_envs x num_steps = "
+                             f"{env.num_envs} x {num_steps} = {env.num_envs * num_steps} transitions")
+        return v

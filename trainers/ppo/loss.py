@@ -1,5 +1,9 @@
-"""PPO losses (CleanRL ppo.py), pure functions: tensors and floats in, (loss, metrics) out."""
+"""PPO losses (CleanRL ppo.py), pure functions: tensors and floats in, (loss, metrics) out; and the diagonal
+Gaussian log-prob/entropy of the continuous-action policy (CleanRL ppo_continuous_action.py).
+"""
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -25,3 +29,17 @@ def value_loss(new_value: torch.Tensor, old_value: torch.Tensor, returns: torch.
         return 0.5 * unclipped.mean()
     clipped = (old_value + (new_value - old_value).clamp(-clip_coef, clip_coef) - returns) ** 2
     return 0.5 * torch.maximum(unclipped, clipped).mean()
+
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """log N(action; mean, diag(exp(log_std)^2)), summed over the action dims: [B, A] each -> [B]."""
+    z = (action - mean) * torch.exp(-log_std)  # [B, A] standardised action
+    return (-0.5 * z.pow(2) - log_std - LOG_SQRT_2PI).sum(-1)
+
+
+def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
+    """Entropy of a diagonal Gaussian, sum over dims of 1/2 + log(sqrt(2 pi)) + log_std: [B, A] -> [B]."""
+    return (0.5 + LOG_SQRT_2PI + log_std).sum(-1)

@@ -1,7 +1,13 @@
-"""PPO for discrete-action vector envs, CleanRL style: read top to bottom.
+"""PPO for vector envs, CleanRL style (ppo.py; ppo_continuous_action.py for Box actions): read top to bottom.
 
 rollout (num_steps x num_envs) -> GAE -> update_epochs x minibatches of clipped PPO -> log/checkpoint.
-Resume restores the agent, optimizer, RNG and step counters; the environments are re-seeded from
+The env's action space picks the policy head: Discrete -> Categorical over logits; Box -> diagonal Gaussian with
+a state-independent learnable log-std, sampled actions clipped to the bounds when stepping the env (the log-prob
+is of the unclipped sample, which is what the buffer keeps). Observations can be normalised and rewards scaled
+by running statistics (`trainers/ppo/normalize.py`; on by default for Box actions), saved with the checkpoint.
+Greedy evaluation takes the argmax / the Gaussian's mean.
+
+Resume restores the agent, optimizer, normalisers, RNG and step counters; the environments are re-seeded from
 (seed, iteration) because EnvPool's C++ state cannot be saved, so a resumed run continues the same training
 but not bit-identically to an uninterrupted one.
 """
@@ -15,12 +21,14 @@ import torch
 from torch import nn
 
 from envs.vector import EpisodeStats, make_vec_env
+from rl.errors import ConfigError
 from rl.progress import Tracker
 from rl.rundir import RunDir
 from rl.seeding import rng_state, seed_everything, set_rng_state
 from trainers.advantages import gae
 from trainers.ppo.config import PPOConfig
-from trainers.ppo.loss import ppo_policy_loss, value_loss
+from trainers.ppo.loss import gaussian_entropy, gaussian_log_prob, ppo_policy_loss, value_loss
+from trainers.ppo.normalize import ObsNormalizer, RewardScaler
 
 log = logging.getLogger("orchard")
 
@@ -33,31 +41,65 @@ def layer(i: int, o: int, std: float = np.sqrt(2)) -> nn.Linear:
 
 
 class Agent(nn.Module):
-    def __init__(self, obs_dim: int, n_actions: int, hidden: int):
+    """Critic and actor MLPs. Discrete: the actor outputs logits [B, n]. Continuous (`continuous=True`): the actor
+    outputs the Gaussian's mean [B, A] and `log_std` [A] is a free parameter."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, continuous: bool = False, init_log_std: float = 0.0):
         super().__init__()
+        self.continuous = continuous
         self.critic = nn.Sequential(layer(obs_dim, hidden), nn.Tanh(), layer(hidden, hidden), nn.Tanh(), layer(hidden, 1, 1.0))
         self.actor = nn.Sequential(layer(obs_dim, hidden), nn.Tanh(), layer(hidden, hidden), nn.Tanh(),
-                                   layer(hidden, n_actions, 0.01))
+                                   layer(hidden, act_dim, 0.01))
+        if continuous:
+            self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
 
     def value(self, x):
         return self.critic(x).squeeze(-1)
 
     def act(self, x, action=None):
-        dist = torch.distributions.Categorical(logits=self.actor(x))
+        """(action, log-prob [B], entropy [B], value [B]); samples the action if none is given."""
+        if not self.continuous:
+            dist = torch.distributions.Categorical(logits=self.actor(x))
+            if action is None:
+                action = dist.sample()  # [B]
+            return action, dist.log_prob(action), dist.entropy(), self.value(x)
+        mean = self.actor(x)  # [B, A]
+        log_std = self.log_std.expand_as(mean)  # [B, A]
         if action is None:
-            action = dist.sample()
-        return action, dist.log_prob(action), dist.entropy(), self.value(x)
+            action = mean + log_std.exp() * torch.randn_like(mean)  # [B, A]
+        return action, gaussian_log_prob(mean, log_std, action), gaussian_entropy(log_std), self.value(x)
+
+    def greedy(self, x):
+        """The evaluation action: the argmax of the logits, or the Gaussian's mean."""
+        out = self.actor(x)
+        return out if self.continuous else out.argmax(-1)
+
+
+def env_spaces(name: str, seed: int) -> tuple[int, int, np.ndarray | None, np.ndarray | None]:
+    """(obs_dim, act_dim or number of actions, low, high) of env `name`; the bounds are None for discrete actions."""
+    probe = make_vec_env(name, 1, seed)
+    obs_space, space = probe.single_observation_space, probe.single_action_space
+    probe.close()
+    obs_dim = int(np.prod(obs_space.shape))
+    if hasattr(space, "n"):
+        return obs_dim, int(space.n), None, None
+    if hasattr(space, "low") and len(space.shape) == 1:
+        return obs_dim, space.shape[0], np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
+    raise ConfigError(f"env.name: PPO needs Discrete or 1-D Box actions, {name} has {space}")
 
 
 @torch.no_grad()
-def evaluate(agent: Agent, cfg: PPOConfig, seed: int) -> float:
-    """Mean return of the greedy policy over cfg.eval_episodes episodes."""
+def evaluate(agent: Agent, obs_norm: ObsNormalizer, cfg: PPOConfig, seed: int, low=None, high=None) -> float:
+    """Mean return of the greedy policy over cfg.eval_episodes episodes (observations normalised with the frozen
+    training statistics, continuous actions clipped to [low, high])."""
     env = make_vec_env(cfg.env.name, min(cfg.eval_episodes, 8), seed)
     obs, _ = env.reset()
     stats = EpisodeStats(env.num_envs)
     returns: list[float] = []
     while len(returns) < cfg.eval_episodes:
-        a = agent.actor(torch.as_tensor(obs, dtype=torch.float32)).argmax(-1).numpy()
+        a = agent.greedy(torch.from_numpy(obs_norm(obs, update=False))).numpy()
+        if agent.continuous:
+            a = np.clip(a, low, high)
         obs, r, term, trunc, _ = env.step(a)
         stats.update(r, term, trunc)
         returns += [ret for ret, _ in stats.pop()]
@@ -68,14 +110,18 @@ def evaluate(agent: Agent, cfg: PPOConfig, seed: int) -> float:
 def train(cfg: PPOConfig, run: RunDir) -> dict:
     t_start = time.time()
     seed_everything(cfg.seed)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     batch_size = cfg.env.num_envs * cfg.num_steps
     minibatch = batch_size // cfg.num_minibatches
     iterations = max(1, cfg.total_timesteps // batch_size)
-    probe = make_vec_env(cfg.env.name, 1, cfg.seed)
-    obs_dim, n_actions = int(np.prod(probe.single_observation_space.shape)), int(probe.single_action_space.n)
-    probe.close()
-    agent = Agent(obs_dim, n_actions, cfg.hidden)
+    obs_dim, act_dim, low, high = env_spaces(cfg.env.name, cfg.seed)
+    continuous = low is not None
+    agent = Agent(obs_dim, act_dim, cfg.hidden, continuous, cfg.init_log_std)
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
+    obs_norm = ObsNormalizer((obs_dim,), cfg.clip_obs, continuous if cfg.norm_obs is None else cfg.norm_obs)
+    reward_scale = RewardScaler(cfg.env.num_envs, cfg.gamma, cfg.clip_reward,
+                                continuous if cfg.norm_reward is None else cfg.norm_reward)
 
     start, before = 0, None
     latest = run.latest_checkpoint()
@@ -83,46 +129,57 @@ def train(cfg: PPOConfig, run: RunDir) -> dict:
         state = torch.load(latest[1] / "state.pt", weights_only=False)
         agent.load_state_dict(state["agent"])
         opt.load_state_dict(state["optimizer"])
+        for key, norm in (("norm_obs", obs_norm), ("norm_reward", reward_scale)):
+            saved = state.get(key, {"enabled": False})  # checkpoints from before the normalisers: both off
+            if saved["enabled"] != norm.enabled:
+                raise ConfigError(f"{key}: the checkpoint in {latest[1]} was trained with {key}={saved['enabled']}, "
+                                  f"this config resolves it to {norm.enabled}; resume with {key}={saved['enabled']}")
+            if norm.enabled:
+                norm.load_state_dict(saved)
         set_rng_state(state["rng"])
         start, before = state["iteration"], state["eval_before"]
         run.truncate_metrics(start)
         log.info(f"resumed from {latest[1]} at iteration {start}")
     if before is None:
-        before = evaluate(agent, cfg, cfg.seed + 10_000)
+        before = evaluate(agent, obs_norm, cfg, cfg.seed + 10_000, low, high)
         run.log_metrics(0, {"eval/return": before}, tensorboard=cfg.log.tensorboard)
     log.info(f"greedy return before training: {before:.1f}")
 
     env = make_vec_env(cfg.env.name, cfg.env.num_envs, cfg.seed * 1000 + start)
     stats = EpisodeStats(env.num_envs)
     N, T = cfg.env.num_envs, cfg.num_steps
+    act_shape = (act_dim,) if continuous else ()
     obs_buf = torch.zeros((T, N, obs_dim))  # [T, N, obs]
-    act_buf = torch.zeros((T, N), dtype=torch.long)
+    act_buf = torch.zeros((T, N, *act_shape), dtype=torch.float32 if continuous else torch.long)  # [T, N(, A)]
     logp_buf, rew_buf, done_buf, val_buf = (torch.zeros((T, N)) for _ in range(4))
     obs_np, _ = env.reset()
-    next_obs, next_done = torch.as_tensor(obs_np, dtype=torch.float32), torch.zeros(N)
+    next_obs, next_done = torch.from_numpy(obs_norm(obs_np)), torch.zeros(N)
     tracker = Tracker(run, iterations, start, show={"charts/episodic_return": "return", "charts/SPS": "SPS"},
                       progress=cfg.log.progress, tensorboard=cfg.log.tensorboard, every=cfg.log.every, desc="ppo")
     recent: list[float] = []
+    t_loop = time.time()
     try:
         for it in range(start + 1, iterations + 1):
             t0 = time.time()
             if cfg.anneal_lr:
                 opt.param_groups[0]["lr"] = cfg.lr * (1.0 - (it - 1) / iterations)
-            # rollout
+            # rollout: the buffer keeps normalised observations, the unclipped actions and scaled rewards
             for t in range(T):
                 obs_buf[t], done_buf[t] = next_obs, next_done
                 with torch.no_grad():
                     action, logp, _, value = agent.act(next_obs)
                 act_buf[t], logp_buf[t], val_buf[t] = action, logp, value
-                obs_np, r, term, trunc, _ = env.step(action.numpy())
-                stats.update(r, term, trunc)
-                rew_buf[t] = torch.as_tensor(r, dtype=torch.float32)
-                next_obs = torch.as_tensor(obs_np, dtype=torch.float32)
-                next_done = torch.as_tensor(np.logical_or(term, trunc), dtype=torch.float32)
+                step_action = np.clip(action.numpy(), low, high) if continuous else action.numpy()
+                obs_np, r, term, trunc, _ = env.step(step_action)
+                stats.update(r, term, trunc)  # unscaled episode returns
+                done = np.logical_or(term, trunc)
+                rew_buf[t] = torch.from_numpy(reward_scale(r, done))
+                next_obs = torch.from_numpy(obs_norm(obs_np))
+                next_done = torch.as_tensor(done, dtype=torch.float32)
             with torch.no_grad():
                 adv, ret = gae(rew_buf, val_buf, done_buf, agent.value(next_obs), next_done, cfg.gamma, cfg.gae_lambda)
             # update
-            b_obs, b_act, b_logp = obs_buf.reshape(-1, obs_dim), act_buf.reshape(-1), logp_buf.reshape(-1)
+            b_obs, b_act, b_logp = obs_buf.reshape(-1, obs_dim), act_buf.reshape(-1, *act_shape), logp_buf.reshape(-1)
             b_adv, b_ret, b_val = adv.reshape(-1), ret.reshape(-1), val_buf.reshape(-1)
             m: dict[str, float] = {}
             for _ in range(cfg.update_epochs):
@@ -140,6 +197,8 @@ def train(cfg: PPOConfig, run: RunDir) -> dict:
             m.update({"losses/policy_loss": pg.item(), "losses/value_loss": v.item(), "losses/entropy": entropy.mean().item(),
                       **pm, "charts/learning_rate": opt.param_groups[0]["lr"], "charts/SPS": batch_size / (time.time() - t0),
                       "charts/global_step": it * batch_size})
+            if continuous:
+                m["charts/action_std"] = agent.log_std.exp().mean().item()
             episodes = stats.pop()
             if episodes:
                 recent = ([r for r, _ in episodes] + recent)[:100]
@@ -149,13 +208,16 @@ def train(cfg: PPOConfig, run: RunDir) -> dict:
             if it == iterations or (cfg.checkpoint.every and it % cfg.checkpoint.every == 0):
                 with run.checkpoint_writer(it, keep=cfg.checkpoint.keep) as d:
                     torch.save({"agent": agent.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(),
+                                "norm_obs": obs_norm.state_dict(), "norm_reward": reward_scale.state_dict(),
                                 "iteration": it, "eval_before": before}, d / "state.pt")
     finally:
         tracker.close()
         env.close()
-    after = evaluate(agent, cfg, cfg.seed + 10_000)
+    loop_time = time.time() - t_loop
+    after = evaluate(agent, obs_norm, cfg, cfg.seed + 10_000, low, high)
     log.info(f"greedy return: {before:.1f} -> {after:.1f}")
     return {"algo": "ppo", "env": cfg.env.name, "iterations": iterations, "env_steps": iterations * batch_size,
             "eval/return_before": before, "eval/return_after": after,
             "train/episodic_return_last100": float(np.mean(recent)) if recent else None,
+            "env_steps_per_s": (iterations - start) * batch_size / loop_time, "loop_time_s": loop_time,
             "wall_time_s": time.time() - t_start}

@@ -7,7 +7,7 @@ import torch
 
 from rl.cli import launch, main
 from trainers.advantages import gae
-from trainers.ppo.loss import ppo_policy_loss, value_loss
+from trainers.ppo.loss import gaussian_entropy, gaussian_log_prob, ppo_policy_loss, value_loss
 
 
 def test_policy_loss_hand_example():
@@ -27,6 +27,27 @@ def test_value_loss_clipping():
     # new 0.2 toward ret 1 from old 0: unclipped 0.64, clipped same -> 0.32
     assert value_loss(torch.tensor([0.2]), old, ret, 0.5).item() == pytest.approx(0.32)
     assert value_loss(new, old, ret, None).item() == pytest.approx(2.0)
+
+
+def test_gaussian_log_prob_and_entropy_hand_example():
+    half_log_2pi = 0.5 * math.log(2 * math.pi)  # 0.918939
+    # 1-D standard normal at 1: -1/2 - log sqrt(2 pi) = -1.418939
+    lp = gaussian_log_prob(torch.tensor([[0.0]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]))
+    assert lp.shape == (1,) and lp.item() == pytest.approx(-0.5 - half_log_2pi)
+    # 2-D: mean (1, -1), std (2, 1), action (3, -1): z = (1, 0)
+    # dim 0: -1/2 - log 2 - 0.918939; dim 1: 0 - 0 - 0.918939; sum -3.031024
+    mean, log_std, a = torch.tensor([[1.0, -1.0]]), torch.tensor([[math.log(2.0), 0.0]]), torch.tensor([[3.0, -1.0]])
+    assert gaussian_log_prob(mean, log_std, a).item() == pytest.approx(-0.5 - math.log(2) - 2 * half_log_2pi)
+    # entropy per dim 1/2 + log sqrt(2 pi) + log std: (1.418939 + log 2) + 1.418939 = 3.531024
+    assert gaussian_entropy(log_std).item() == pytest.approx(2 * (0.5 + half_log_2pi) + math.log(2))
+
+
+def test_gaussian_matches_torch_normal_and_sums_dims():
+    g = torch.Generator().manual_seed(0)
+    mean, log_std, a = torch.randn(5, 3, generator=g), 0.5 * torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    ref = torch.distributions.Normal(mean, log_std.exp())
+    assert torch.allclose(gaussian_log_prob(mean, log_std, a), ref.log_prob(a).sum(-1), atol=1e-5)
+    assert torch.allclose(gaussian_entropy(log_std), ref.entropy().sum(-1), atol=1e-5)
 
 
 def test_gae_matches_plain_loop():
