@@ -84,7 +84,7 @@ class RolloutController:
         self.sampling, self.seed, self.last_step = sampling, seed, last_step
         self.version = start_version
         self.chunk_tokens = getattr(pool, "partial_chunk_tokens", None)
-        self.offer = bool(self.chunk_tokens) and pool.backend == "ray"  # weights may reach a worker mid-task
+        self.send_offers = bool(self.chunk_tokens) and pool.backend == "ray"  # weights may reach a worker mid-task
         self.inflight_cap, self.max_restarts, self.sync_tol = inflight_per_worker, max_restarts, sync_tol
         self.on_workers_changed = on_workers_changed
         self.next_task_id, self.next_draw_id = 0, 0
@@ -135,12 +135,12 @@ class RolloutController:
         probe = None
         if self.probe and self.version in self.trainer_probe:
             probe = ([s.prompt_ids for s in self.probe], [s.completion_ids for s in self.probe])
-        if self.offer:  # on the worker's weights thread: loaded at its next chunk boundary if it is generating
+        if self.send_offers:  # on the worker's weights thread: loaded at its next chunk boundary if it is generating
             self._call(i, "offer", "offer_weights", box, self.version, probe)
         self._call(i, "update", "update_weights", box, self.version, probe)
         if probe is not None:
             self.check_waiting[self.version].add(i)
-            self._call(i, "check", "check", self.version, *probe, payload=self.version)
+            self._call(i, "check", "check", self.version, payload=self.version)
 
     def _check(self, i: int, out: dict, version: int) -> None:
         ours = self.trainer_probe[version]

@@ -20,8 +20,9 @@ submission order, exactly as in a plain actor, and only that thread touches the 
   sees version >= v (the controller's pacing relies on it: a task dispatched at v has no token older than v).
 - the weight-sync probe: when a version arrives with a probe batch, the worker scores the probe right after
   loading that version (between chunks if it loads mid-generation), and `check(v)` returns those log-probs, so
-  every version a worker generated with is checked against the trainer's log-probs for that same version. A
-  version the worker never loaded (overtaken while pending) is reported as skipped: no token came from it.
+  the check of v compares v's own weights with the trainer's v, even if the worker has moved on to a newer
+  version since. A version the worker never loaded (overtaken while pending) is reported as skipped: no token
+  came from it.
 
 The local backend runs calls in order in the controller's process, so no weights can arrive mid-task there: it
 generates in chunks with one version per task.
@@ -198,15 +199,15 @@ class RolloutWorker:
         if probe is not None:
             self._probe_lps[version] = self.engine.score(probe[0], probe[1], 1.0)
 
-    def check(self, version: int, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> dict:
+    def check(self, version: int) -> dict:
         """The weight-sync probe's T=1 log-probs under policy `version`, scored right after that version was loaded
-        (in call order, after `update_weights(version)`). logprobs is None if this worker never loaded `version`
-        (a newer one overtook it while pending): then no token of its came from that version."""
+        (in call order, after `update_weights(version, probe=...)`). logprobs is None if this worker never loaded
+        `version` (a newer one overtook it while pending): then no token of its came from that version."""
         for v in [v for v in self._probe_lps if v < version]:
             del self._probe_lps[v]
         lps = self._probe_lps.pop(version, None)
-        if lps is None and self._loaded == version:  # loaded without a probe: the weights are still these
-            lps = self.engine.score(prompt_ids, completion_ids, 1.0)
+        if lps is None and self._loaded == version:
+            raise RuntimeError(f"check({version}): version {version} was loaded without a probe batch")
         return {"version": version, "logprobs": lps, "holds": self.engine.version}
 
     def score(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], temperature: float) -> dict:

@@ -77,14 +77,14 @@ def test_worker_loads_weights_in_version_order(model_dir, prompts, base_model, t
     assert out["version"] == 2 and all(s.versions == [2] * len(s.completion_ids) for s in out["samples"])
     assert max_err(lps(out["samples"]), recompute(trained_model, out["samples"], 1.0)) < TOL
     assert w.update_weights([base], 1, probe) == 0.0 and w.engine.version == 2  # never back to an older version
-    skipped = w.check(1, *probe)
+    skipped = w.check(1)
     assert skipped["logprobs"] is None and skipped["holds"] == 2
-    assert max_err(w.check(2, *probe)["logprobs"], trained_lp) < TOL  # scored when version 2 was loaded
+    assert max_err(w.check(2)["logprobs"], trained_lp) < TOL  # scored when version 2 was loaded
     w.offer_weights([trained], 4, probe)
     w.update_weights([base], 3, probe)  # ordered: loads 3 exactly, 4 stays pending
-    assert w.engine.version == 3 and max_err(w.check(3, *probe)["logprobs"], base_lp) < TOL
+    assert w.engine.version == 3 and max_err(w.check(3)["logprobs"], base_lp) < TOL
     assert w.score(*probe, 1.0)["version"] == 4  # the next engine call loads the pending offer
-    assert max_err(w.check(4, *probe)["logprobs"], trained_lp) < TOL
+    assert max_err(w.check(4)["logprobs"], trained_lp) < TOL
 
 
 class MidTaskOffer(RolloutWorker):
@@ -105,7 +105,7 @@ def test_worker_mixes_versions_between_chunks_in_process(model_dir, prompts, bas
     w.weights, w.probe = trained_model.state_dict(), probe
     out = w.generate(0, prompts, SamplingParams(max_new_tokens=10, temperature=1.0, seed=2), 4)
     _check_mixed(out["samples"], 4, base_model, trained_model)
-    assert max_err(w.check(1, *probe)["logprobs"], trained_lp) < TOL
+    assert max_err(w.check(1)["logprobs"], trained_lp) < TOL
 
 
 def _check_mixed(samples, c: int, old_model, new_model) -> None:
@@ -195,7 +195,7 @@ def test_ray_worker_loads_weights_sent_mid_generation(engine, local_ray, model_d
         box = [pool.put(trained_model.state_dict())]
         offer = pool.call(0, "offer_weights", box, 1, probe)
         update = pool.call(0, "update_weights", box, 1, probe)
-        check = pool.call(0, "check", 1, *probe)
+        check = pool.call(0, "check", 1)
         assert pool.get(offer, 0) > 0  # fetched on the weights thread while the engine thread waited after chunk 0
         out = pool.get(gen, 0)
         _check_mixed(out["samples"], 4, base_model, trained_model)
