@@ -210,7 +210,7 @@ def cmd_bench(a: argparse.Namespace, rest: list[str]) -> None:
         raise OrchardError(f"unknown benchmark '{a.name}'{did_you_mean(a.name, BENCHES)}; known: {', '.join(BENCHES)}")
     mod = importlib.import_module(BENCHES[a.name])
     p = argparse.ArgumentParser(prog=f"rl bench {a.name}", description=(mod.__doc__ or "").strip().splitlines()[0])
-    p.add_argument("--out", default=f"bench_results", help="directory for the JSON and markdown reports")
+    p.add_argument("--out", default="bench_results", help="directory for the JSON and markdown reports")
     mod.add_arguments(p)
     mod.run(p.parse_args(rest))
 

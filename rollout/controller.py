@@ -14,6 +14,14 @@ draws, consumptions and duplicates (`rollout/*` metrics; a test kills a worker w
 
 With `max_staleness=0` and one worker this is exactly the synchronous loop: each step's P groups are generated
 by the current policy, after the previous update, and consumed all at once.
+
+Partial rollouts (the pool's `partial_chunk_tokens`): workers generate tasks in chunks, and `publish` also *offers*
+the weights to every Ray worker on its weights thread, so a busy worker loads them at its next chunk boundary and
+a sample's later tokens carry the newer version (`rollout/mixed_version_frac`). The accounting is unchanged: the
+ordered `update_weights` still precedes every task dispatched after a publish, so a task dispatched at version v
+has no token older than v (pacing and deadlines count from v; newer tokens only make a sample fresher), and each
+worker's probe check compares the log-probs it scored right after loading a version with the trainer's for that
+version; a version a worker never loaded (overtaken by a newer one mid-task) is counted in `sync/checks_skipped`.
 """
 from __future__ import annotations
 
@@ -75,6 +83,8 @@ class RolloutController:
         self.sched = StalenessScheduler(groups_per_step, max_staleness, start_version + 1, last_step)
         self.sampling, self.seed, self.last_step = sampling, seed, last_step
         self.version = start_version
+        self.chunk_tokens = getattr(pool, "partial_chunk_tokens", None)
+        self.send_offers = bool(self.chunk_tokens) and pool.backend == "ray"  # weights may reach a worker mid-task
         self.inflight_cap, self.max_restarts, self.sync_tol = inflight_per_worker, max_restarts, sync_tol
         self.on_workers_changed = on_workers_changed
         self.next_task_id, self.next_draw_id = 0, 0
@@ -100,7 +110,8 @@ class RolloutController:
 
     @staticmethod
     def _fresh_acc() -> dict:
-        return {"busy_s": 0.0, "wait_s": 0.0, "load_s": 0.0, "checks": 0, "max_err": 0.0, "t0": time.perf_counter()}
+        return {"busy_s": 0.0, "wait_s": 0.0, "load_s": 0.0, "checks": 0, "skipped": 0, "max_err": 0.0,
+                "t0": time.perf_counter()}
 
     # --- weights ---------------------------------------------------------------------------------------------------
     def publish(self, weights, n_tensors: int, version: int, probe: list[Sample] | None = None,
@@ -121,15 +132,23 @@ class RolloutController:
         return put_s
 
     def _send_weights(self, i: int) -> None:
-        self._call(i, "update", "update_weights", self.weights_ref, self.version)
+        box = [self.weights_ref]  # boxed: the worker fetches the tensors itself, once, when it needs them
+        probe = None
         if self.probe and self.version in self.trainer_probe:
+            probe = ([s.prompt_ids for s in self.probe], [s.completion_ids for s in self.probe])
+        if self.send_offers:  # on the worker's weights thread: loaded at its next chunk boundary if it is generating
+            self._call(i, "offer", "offer_weights", box, self.version, probe)
+        self._call(i, "update", "update_weights", box, self.version, probe)
+        if probe is not None:
             self.check_waiting[self.version].add(i)
-            self._call(i, "check", "score", [s.prompt_ids for s in self.probe],
-                       [s.completion_ids for s in self.probe], 1.0, payload=self.version)
+            self._call(i, "check", "check", self.version, payload=self.version)
 
     def _check(self, i: int, out: dict, version: int) -> None:
         ours = self.trainer_probe[version]
         self._check_done(i, version)
+        if out["logprobs"] is None:  # the worker never loaded `version` (a newer one overtook it mid-task)
+            self._step_acc["skipped"] += 1
+            return
         err = 0.0
         for a, b in zip(ours, out["logprobs"]):
             if a:
@@ -202,7 +221,7 @@ class RolloutController:
                 self.inflight[task.task_id] = task
                 prompts = [self.prompt_ids[p] for p in task.prompt_indices for _ in range(self.G)]
                 sp = SamplingParams(**{**self.sampling.__dict__, "seed": task.seed})
-                self._call(i, "gen", "generate", task.task_id, prompts, sp, payload=task.task_id)
+                self._call(i, "gen", "generate", task.task_id, prompts, sp, self.chunk_tokens, payload=task.task_id)
 
     # --- results ---------------------------------------------------------------------------------------------------
     def _poll(self, timeout: float | None) -> None:
@@ -236,6 +255,7 @@ class RolloutController:
             self.stats["stale_results"] += 1
             return
         self._step_acc["busy_s"] += out["gen_s"]
+        self._step_acc["load_s"] += out.get("load_s", 0.0)  # newer weights loaded between chunks
         self.busy_total += out["gen_s"]
         samples = out["samples"]
         rewards, valid, metrics = self.score_fn(task.prompt_indices, samples)
@@ -323,7 +343,6 @@ class RolloutController:
         self.sched.end_step()
         self.pump()  # with max_staleness > 0, keep generating while the trainer updates
         acc, self._step_acc = self._step_acc, self._fresh_acc()
-        wall = max(time.perf_counter() - acc["t0"], 1e-9)
         m = {"rollout/groups": len(taken), "rollout/groups_rejected": rejected,
              "rollout/outstanding_groups": self.sched.n_outstanding, "rollout/buffered_groups": len(self.buffer),
              "rollout/min_deadline_margin": min(margins) if margins else 0,
@@ -335,6 +354,11 @@ class RolloutController:
         if acc["checks"]:
             m["sync/probe_max_abs_err"] = acc["max_err"]
             m["sync/checks"] = acc["checks"]
+        if acc["skipped"]:
+            m["sync/checks_skipped"] = acc["skipped"]
+        if self.chunk_tokens:  # partial rollouts: the fraction of samples whose tokens span more than one version
+            spans = [len(set(s.versions)) > 1 for g in taken for s in g.samples]
+            m["rollout/mixed_version_frac"] = sum(spans) / len(spans) if spans else 0.0
         return taken, m
 
     def _eligible(self, need: int) -> Group | None:
@@ -354,7 +378,9 @@ class RolloutController:
         if acc["checks"]:
             metrics["sync/checks"] = metrics.get("sync/checks", 0) + acc["checks"]
             metrics["sync/probe_max_abs_err"] = max(metrics.get("sync/probe_max_abs_err", 0.0), acc["max_err"])
-        acc["checks"], acc["max_err"] = 0, 0.0
+        if acc["skipped"]:
+            metrics["sync/checks_skipped"] = metrics.get("sync/checks_skipped", 0) + acc["skipped"]
+        acc["checks"], acc["skipped"], acc["max_err"] = 0, 0, 0.0
 
     # --- resume ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -4,24 +4,112 @@ A worker only generates, loads weights and scores; it knows nothing of rewards, 
 controller, `rollout/controller.py`, does that). Calls return handles; `WorkerPool.wait` returns the finished
 ones and `WorkerPool.result` their value, raising `WorkerDied` when the worker's process is gone (killed,
 crashed, out of memory), so the controller can restart it and re-queue its work.
+
+Partial rollouts (`partial_chunk_tokens`): a worker generates a task in chunks of that many new tokens
+(`generate_in_chunks`: unfinished samples continue from prompt + completion so far) and, between chunks, loads
+the newest weights it has been offered, so later tokens carry the newer policy version. Weights reach a busy
+worker because its Ray actor has a second thread, the `weights` concurrency group, that only runs
+`offer_weights`: it fetches the tensors and stores them as the one pending (weights, version), newest wins. Every
+other call (generate, update_weights, check, score, info) runs on the engine's own thread, one at a time in
+submission order, exactly as in a plain actor, and only that thread touches the engine:
+
+- ordered: the engine's version only grows. Pending weights are replaced only by a strictly newer version (an
+  older or repeated offer that arrives late is dropped) and are loaded only when newer than the engine's; a
+  pending update is never lost, only overtaken by a newer one, which is then loaded instead.
+- `update_weights(v)`, in the call order, still guarantees what it always did: every call submitted after it
+  sees version >= v (the controller's pacing relies on it: a task dispatched at v has no token older than v).
+- the weight-sync probe: when a version arrives with a probe batch, the worker scores the probe right after
+  loading that version (between chunks if it loads mid-generation), and `check(v)` returns those log-probs, so
+  the check of v compares v's own weights with the trainer's v, even if the worker has moved on to a newer
+  version since. A version the worker never loaded (overtaken while pending) is reported as skipped: no token
+  came from it.
+
+The local backend runs calls in order in the controller's process, so no weights can arrive mid-task there: it
+generates in chunks with one version per task.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 import torch
 
-from rollout.types import SamplingParams
+from rollout.types import Sample, SamplingParams
+
+WEIGHTS_GROUP = "weights"  # the Ray concurrency group (one thread) that receives weights while the engine works
+_GROUP_METHODS = {"offer_weights": WEIGHTS_GROUP}
 
 
 class WorkerDied(Exception):
     def __init__(self, index: int, cause: BaseException):
         super().__init__(f"rollout worker {index} died: {type(cause).__name__}: {cause}")
         self.index, self.cause = index, cause
+
+
+def chunk_seed(seed: int | None, k: int) -> int | None:
+    """The sampling seed of chunk k of a task seeded `seed`: chunk 0 keeps the task's seed, later chunks get a
+    deterministic hash of (seed, k); None stays None (the engine then seeds from its own call counter)."""
+    if seed is None or k == 0:
+        return seed
+    h = hashlib.blake2b(f"{seed}:{k}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") % 2**31
+
+
+def generate_in_chunks(engine, prompts: list[list[int]], sampling: SamplingParams, chunk_tokens: int,
+                       between: Callable[[int], None] | None = None) -> list[Sample]:
+    """`engine.generate` in chunks of at most `chunk_tokens` new tokens: after each chunk, samples that produced
+    EOS or reached `sampling.max_new_tokens` stop; the others continue from prompt + completion so far with the
+    remaining budget. `between(k)` runs before chunk k >= 1 (the worker loads newer weights there).
+
+    Engine-agnostic: each chunk is an ordinary `generate` call, so its tokens carry the version and behaviour
+    log-probs of the weights that sampled them (the engine recomputes the prefix with its current weights).
+    Reproducible: chunk k is seeded `chunk_seed(sampling.seed, k)`, so the same seed and the same weight
+    timeline give the same samples; with unchanged weights and greedy decoding the result equals one call's.
+    """
+    n = len(prompts)
+    comp: list[list[int]] = [[] for _ in range(n)]
+    lps: list[list[float]] = [[] for _ in range(n)]
+    vers: list[list[int]] = [[] for _ in range(n)]
+    reason = ["length"] * n
+    active, done, k = list(range(n)), 0, 0  # every active sample has exactly `done` tokens
+    while active:
+        if k > 0 and between is not None:
+            between(k)
+        budget = min(chunk_tokens, sampling.max_new_tokens - done)
+        sp = replace(sampling, max_new_tokens=budget, seed=chunk_seed(sampling.seed, k))
+        out = engine.generate([list(prompts[i]) + comp[i] for i in active], sp)
+        still = []
+        for i, s in zip(active, out):
+            if not s.completion_ids:
+                raise RuntimeError(f"generate_in_chunks: the engine returned an empty completion for a budget of "
+                                   f"{budget} tokens")
+            comp[i] += s.completion_ids
+            lps[i] += s.logprobs
+            vers[i] += s.versions
+            reason[i] = s.finish_reason
+            # fewer tokens than asked without EOS: the engine stopped it (e.g. its context limit); it is finished
+            if s.finish_reason != "stop" and len(s.completion_ids) == budget and done + budget < sampling.max_new_tokens:
+                still.append(i)
+        active, done, k = still, done + budget, k + 1
+    return [Sample(prompt_ids=list(p), completion_ids=comp[i], logprobs=lps[i], versions=vers[i],
+                   finish_reason=reason[i]) for i, p in enumerate(prompts)]
+
+
+def _fetch(weights) -> dict[str, torch.Tensor]:
+    """Weights as sent: a dict, or a one-element list holding a dict or a Ray object reference (boxed, so that Ray
+    passes the reference instead of fetching the tensors before the call starts)."""
+    if isinstance(weights, list):
+        (weights,) = weights
+    if not isinstance(weights, dict):
+        import ray
+
+        weights = ray.get(weights)
+    return weights
 
 
 class RolloutWorker:
@@ -38,24 +126,92 @@ class RolloutWorker:
         from rollout.engine import make_engine
 
         self.engine = make_engine(kind, model_path, **engine_opts)
+        # Weights offered while the engine works (see the module docstring). `_lock` guards `_pending` and
+        # `_newest`; everything else is touched only by the engine's thread.
+        self._lock = threading.Lock()
+        self._pending: tuple[int, dict, tuple | None] | None = None  # (version, weights, probe)
+        self._newest = -1  # newest version received: loaded or pending
+        self._loaded = -1  # version of the weights this worker last loaded (-1: the engine's own initial weights)
+        self._probe_lps: dict[int, list[list[float]]] = {}  # version -> probe log-probs scored right after loading it
+        self._load_s = 0.0
 
     def info(self) -> dict:
         return {"index": self.index, "pid": os.getpid(), "host": socket.gethostname(), "core": self.core,
                 "version": self.engine.version, "threads": torch.get_num_threads(),
                 "device": str(getattr(self.engine, "device", "cpu"))}
 
-    def generate(self, task_id: int, prompt_ids: list[list[int]], sampling: SamplingParams) -> dict:
-        t0 = time.perf_counter()
-        samples = self.engine.generate(prompt_ids, sampling)
+    def generate(self, task_id: int, prompt_ids: list[list[int]], sampling: SamplingParams,
+                 chunk_tokens: int | None = None) -> dict:
+        """With `chunk_tokens`, in chunks, loading the newest offered weights between them (partial rollouts)."""
+        t0, self._load_s = time.perf_counter(), 0.0
+        self._load_pending()
+        if chunk_tokens:
+            samples = generate_in_chunks(self.engine, prompt_ids, sampling, chunk_tokens, self._between_chunks)
+        else:
+            samples = self.engine.generate(prompt_ids, sampling)
         return {"task_id": task_id, "samples": samples, "gen_s": time.perf_counter() - t0,
-                "version": self.engine.version, "worker": self.index}
+                "version": self.engine.version, "worker": self.index, "load_s": self._load_s}
 
-    def update_weights(self, weights: dict[str, torch.Tensor], version: int) -> float:
+    def _between_chunks(self, k: int) -> None:
+        self._load_pending()
+
+    # --- weights -----------------------------------------------------------------------------------------------
+    def offer_weights(self, weights, version: int, probe: tuple | None = None) -> float:
+        """Runs on the `weights` thread, also while a generation is under way: fetch the tensors and make them the
+        pending update, unless this version or a newer one was already received. Returns the seconds it took."""
         t0 = time.perf_counter()
-        self.engine.update_weights(weights.items(), version=version)
+        with self._lock:
+            if version <= self._newest:
+                return 0.0
+        tensors = _fetch(weights)  # outside the lock: the engine thread may load meanwhile
+        with self._lock:
+            if version > self._newest:
+                self._pending, self._newest = (version, tensors, probe), version
         return time.perf_counter() - t0
 
+    def update_weights(self, weights, version: int, probe: tuple | None = None) -> float:
+        """In call order: afterwards the engine holds `version` or newer. Loads exactly `version` (from the pending
+        offer if that is it) unless the engine already holds it or a newer one; a newer pending offer stays pending.
+        `probe`: (prompt ids, completion ids) to score right after loading, for `check`. Returns load seconds."""
+        self._load_s = 0.0
+        if self._loaded >= version:
+            return 0.0
+        with self._lock:
+            p = self._pending
+            if p is not None and p[0] <= version:
+                self._pending = None  # this very version, or an older one this update overtakes
+            self._newest = max(self._newest, version)
+        tensors = p[1] if p is not None and p[0] == version else _fetch(weights)
+        self._load(version, tensors, probe)
+        return self._load_s
+
+    def _load_pending(self) -> None:
+        with self._lock:
+            p, self._pending = self._pending, None
+        if p is not None and p[0] > self._loaded:
+            self._load(*p)
+
+    def _load(self, version: int, tensors: dict, probe: tuple | None) -> None:
+        t0 = time.perf_counter()
+        self.engine.update_weights(tensors.items(), version=version)
+        self._loaded = version
+        self._load_s += time.perf_counter() - t0
+        if probe is not None:
+            self._probe_lps[version] = self.engine.score(probe[0], probe[1], 1.0)
+
+    def check(self, version: int) -> dict:
+        """The weight-sync probe's T=1 log-probs under policy `version`, scored right after that version was loaded
+        (in call order, after `update_weights(version, probe=...)`). logprobs is None if this worker never loaded
+        `version` (a newer one overtook it while pending): then no token of its came from that version."""
+        for v in [v for v in self._probe_lps if v < version]:
+            del self._probe_lps[v]
+        lps = self._probe_lps.pop(version, None)
+        if lps is None and self._loaded == version:
+            raise RuntimeError(f"check({version}): version {version} was loaded without a probe batch")
+        return {"version": version, "logprobs": lps, "holds": self.engine.version}
+
     def score(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], temperature: float) -> dict:
+        self._load_pending()
         return {"logprobs": self.engine.score(prompt_ids, completion_ids, temperature), "version": self.engine.version}
 
     def close(self) -> None:
@@ -86,11 +242,15 @@ class WorkerPool:
 
     def __init__(self, backend: str, n: int, worker_args: dict, *, cpus_per_worker: float = 1.0,
                  gpus_per_worker: float = 0.0, pin_cpus: bool = False, env_vars: dict | None = None,
-                 first_core: int = 1):
+                 first_core: int = 1, partial_chunk_tokens: int | None = None, worker_cls: type = RolloutWorker):
+        """partial_chunk_tokens: generate training tasks in chunks of this many tokens and, on Ray, give each actor
+        a `weights` thread so that weights offered mid-task are loaded between chunks (None: whole tasks).
+        first_core: with `pin_cpus`, worker i is pinned to core first_core + i (the trainer ranks come first)."""
         if backend == "local" and n != 1:
             raise ValueError(f"cluster.rollout_workers={n}: the local backend runs exactly one worker in process "
                              f"(use cluster.backend=ray for more)")
         self.backend, self.n, self.args = backend, n, worker_args
+        self.partial_chunk_tokens, self.worker_cls = partial_chunk_tokens, worker_cls
         self.cpus, self.gpus, self.pin = cpus_per_worker, gpus_per_worker, pin_cpus
         self.env_vars, self.first_core = env_vars or {}, first_core
         self.workers: list[Any] = [None] * n
@@ -105,13 +265,20 @@ class WorkerPool:
 
     def start(self, i: int) -> None:
         if self.backend == "local":
-            self.workers[i] = RolloutWorker(**{**self._kwargs(i), "pin_core": None, "threads": None})
+            self.workers[i] = self.worker_cls(**{**self._kwargs(i), "pin_core": None, "threads": None})
             return
         import ray
 
-        actor = ray.remote(RolloutWorker).options(
+        if self.partial_chunk_tokens:
+            # The default group keeps one thread and in-order execution: every call but `offer_weights` runs one
+            # at a time in submission order, as in a plain actor; `offer_weights` gets its own thread.
+            cls = ray.remote(concurrency_groups={WEIGHTS_GROUP: 1})(self.worker_cls)
+            extra = {"allow_out_of_order_execution": False}
+        else:
+            cls, extra = ray.remote(self.worker_cls), {}
+        actor = cls.options(
             num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_concurrency=1,
-            runtime_env={"env_vars": self.env_vars} if self.env_vars else None)
+            runtime_env={"env_vars": self.env_vars} if self.env_vars else None, **extra)
         self.workers[i] = actor.remote(**self._kwargs(i))
 
     def restart(self, i: int) -> None:
@@ -130,7 +297,10 @@ class WorkerPool:
             call = _Call(getattr(self.workers[i], method), args)
             self._queue.append(call)
             return call
-        return getattr(self.workers[i], method).remote(*args)
+        m = getattr(self.workers[i], method)
+        if method in _GROUP_METHODS:
+            m = m.options(concurrency_group=_GROUP_METHODS[method])
+        return m.remote(*args)
 
     def put(self, value: Any) -> Any:
         """Share one value with every worker (Ray object store: serialised once; an ObjectRef is shared as is)."""

@@ -71,6 +71,12 @@ class RolloutConfig(Section):
     rounded up. Smaller tasks let fresh weights reach generation sooner and spread work across workers."""
     max_batch: int = Field(256, ge=1)
     """Largest batch the engine generates at once."""
+    partial_chunk_tokens: int | None = Field(None, ge=1)
+    """Partial rollouts: workers generate each task in chunks of this many new tokens and load the newest weights
+    they have received between chunks, so one sample's later tokens may come from a newer policy version than its
+    first ones (each token carries its version and the log-prob of the weights that sampled it;
+    `rollout/mixed_version_frac` counts such samples). Needs Ray workers for weights to arrive mid-task (the local
+    backend only chunks). None: each task is generated to the end with one version."""
     vllm: VLLMConfig = VLLMConfig()
     """vLLM engine options."""
 

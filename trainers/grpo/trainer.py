@@ -100,7 +100,7 @@ def start_workers(cfg: GRPOConfig, model_dir: Path):
         env = {k: v for k, v in os.environ.items() if k.startswith("VLLM_")}
     pool = WorkerPool(c.backend, c.rollout_workers, {"kind": r.engine, "model_path": str(model_dir), "engine_opts": opts},
                       cpus_per_worker=c.cpus_per_worker, gpus_per_worker=c.gpus_per_worker, pin_cpus=c.pin_cpus,
-                      env_vars=env, first_core=c.trainer_ranks)
+                      env_vars=env, first_core=c.trainer_ranks, partial_chunk_tokens=r.partial_chunk_tokens)
     return pool
 
 

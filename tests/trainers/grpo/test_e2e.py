@@ -126,3 +126,16 @@ def test_sync_check_metric_is_logged(tmp_path):
     checked = [r for r in rows if "sync/checks" in r]
     assert sum(r["sync/checks"] for r in checked) == 2
     assert all(0 <= r["sync/probe_max_abs_err"] < 1e-4 for r in checked)
+
+
+def test_partial_rollouts_on_the_local_backend_are_reproducible_with_one_version_per_sample(tmp_path):
+    """The local backend runs calls in order, so no weights arrive mid-task: it generates in chunks (of 2 of the 4
+    tokens here) with one version per sample, and the same seed gives the same run."""
+    args = [*TINY, "rollout.partial_chunk_tokens=2", "max_steps=2", "log.tensorboard=false"]
+    launch("configs/grpo_tiny.yaml", [*args, f"run_dir={tmp_path / 'a'}"])
+    launch("configs/grpo_tiny.yaml", [*args, f"run_dir={tmp_path / 'b'}"])
+    a, b = ([json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()][1:] for d in "ab")
+    assert [r["rollout/mixed_version_frac"] for r in a] == [0.0, 0.0]
+    for ra, rb in zip(a, b):
+        for k in ("reward/mean", "loss/pg", "actor/grad_norm"):
+            assert rb[k] == pytest.approx(ra[k], rel=1e-6, abs=1e-9), (ra["step"], k)
