@@ -17,7 +17,6 @@ so chunking, saving and resuming give the same numbers as one `train` call.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import flax.linen as nn
