@@ -96,6 +96,28 @@ def init_ray(c: ClusterConfig) -> bool:
     return True
 
 
+def check_resources(c: ClusterConfig) -> None:
+    """Fail fast, naming the config keys, when the Ray cluster cannot place every actor the job asks for (Ray would
+    otherwise leave the extra actors pending forever)."""
+    import ray
+
+    from rl.errors import OrchardError
+
+    ranks = c.trainer_ranks if c.trainer_ranks > 1 else 0
+    need = {"CPU": c.rollout_workers * c.cpus_per_worker + ranks * c.cpus_per_trainer,
+            "GPU": c.rollout_workers * c.gpus_per_worker + ranks * c.gpus_per_trainer}
+    have = ray.available_resources()
+    for res, n in need.items():
+        if n > 0 and have.get(res, 0.0) + 1e-9 < n:
+            raise OrchardError(
+                f"the Ray cluster has {have.get(res, 0.0):g} {res}s available but the job needs {n:g}: "
+                f"cluster.rollout_workers={c.rollout_workers} x cluster.{res.lower()}s_per_worker="
+                f"{getattr(c, res.lower() + 's_per_worker'):g}"
+                + (f" + cluster.trainer_ranks={c.trainer_ranks} x cluster.{res.lower()}s_per_trainer="
+                   f"{getattr(c, res.lower() + 's_per_trainer'):g}" if ranks else "")
+                + " (lower them, or add nodes to the cluster)")
+
+
 def pin_to_core(index: int, threads: int = 1) -> int | None:
     """Pin this process to core `index % cores` and use `threads` torch threads. Returns the core (None off Linux)."""
     import torch

@@ -120,7 +120,7 @@ def staleness_metrics(batch: RolloutBatch, step: int, max_staleness: int) -> dic
 
 def train(cfg: GRPOConfig, run: RunDir) -> dict:
     """Start (or join) Ray if the cluster uses it, run the loop, and shut Ray down again if this call started it."""
-    from rl.cluster import init_ray
+    from rl.cluster import check_resources, init_ray
 
     t_start = time.time()
     seed_everything(cfg.seed)
@@ -128,6 +128,8 @@ def train(cfg: GRPOConfig, run: RunDir) -> dict:
     latest = run.latest_checkpoint()
     ray_started = init_ray(cfg.cluster) if cfg.cluster.backend == "ray" else False
     try:
+        if cfg.cluster.backend == "ray":
+            check_resources(cfg.cluster)
         return _train(cfg, run, model_dir, latest, t_start)
     finally:
         if ray_started:

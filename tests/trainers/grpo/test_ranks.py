@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -40,7 +41,7 @@ def test_shard_pads_with_rows_that_do_not_train():
     assert sum(float(s.batch.response_mask.sum()) for s in parts) == float(b.response_mask.sum())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ray_up():
     from rl.cluster import ClusterConfig, init_ray
 
@@ -120,3 +121,13 @@ def test_async_recipe_with_two_trainer_ranks_and_resume(tmp_path):
     assert max(r["offpolicy/staleness_max"] for r in rows[1:]) <= 2
     final = json.loads((tmp_path / "summary.json").read_text())
     assert final["rollout_ledger"]["duplicates"] == 0 and final["final_checkpoint"].endswith("step-4")
+
+
+def test_a_cluster_too_small_for_the_job_is_a_clear_error(ray_up, tmp_path, capsys):
+    """A Ray cluster that cannot place every actor: the job says so, naming the keys, instead of waiting forever."""
+    code = main(["train", "configs/grpo_tiny.yaml", *RANKS, "cluster.cpus_per_worker=1000", "max_steps=1",
+                 f"run_dir={tmp_path}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert re.search(r"the Ray cluster has \d+ CPUs available but the job needs 2002: cluster.rollout_workers=2 x "
+                     r"cluster.cpus_per_worker=1000 \+ cluster.trainer_ranks=2 x cluster.cpus_per_trainer=1", err), err
