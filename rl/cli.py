@@ -45,11 +45,12 @@ def launch(config: str | None, overrides: list[str], resume: str | None = None) 
     else:
         cfg = load_config(config, overrides)
         path = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg.algo)
-        if (path / "checkpoints").exists() and any((path / "checkpoints").iterdir()):
+        run = open_run_dir(path)
+        if run.latest_checkpoint() is not None:
             raise OrchardError(f"run_dir {path} already holds checkpoints: resume it with `rl train --resume {path}` "
                                f"or choose another run_dir=...")
+        run.clear_partial()  # what an earlier attempt here left before its first complete checkpoint
         cfg.run_dir = str(path)
-        run = open_run_dir(path)
     run.write_config(dump_config(cfg))
     job = get_job(cfg.algo)
     t0 = time.time()
@@ -108,11 +109,9 @@ def _train_watched(config: str | None, overrides: list[str], resume: str | None)
     """Run the job in a child `rl train` watched for CPU stalls (XLA:CPU deadlocks, rl/watchdog.py); after a stall
     it is killed and continued with `rl train --resume` from its last checkpoint (from the start if it had none).
     ORCHARD_STALL_S (default 120) and ORCHARD_STALL_RETRIES (default 5) tune it."""
-    import shutil
-
     from rl.config import load_config
     from rl.rundir import default_run_dir
-    from rl.watchdog import StalledError, run_watched
+    from rl.watchdog import StalledError, rl_train_attempts, run_watched
 
     if resume:
         run_dir = Path(resume)
@@ -120,19 +119,10 @@ def _train_watched(config: str | None, overrides: list[str], resume: str | None)
         cfg = load_config(config, overrides)
         run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg.algo)
         overrides = [*overrides, f"run_dir={run_dir}"]
-    base = [sys.executable, "-m", "rl.cli", "train"]
-    first = [*base, "--resume", str(run_dir), *overrides] if resume else [*base, *([config] if config else []), *overrides]
-
-    def cmd(attempt: int) -> list[str]:
-        if attempt and any((run_dir / "checkpoints").glob("step-*/COMPLETE")):
-            return [*base, "--resume", str(run_dir)]  # its config.yaml already holds every override
-        for tmp in (run_dir / "checkpoints").glob(".tmp-*"):  # a checkpoint the stalled child never finished
-            shutil.rmtree(tmp, ignore_errors=True)
-        return first
-
+    first = ["--resume", str(run_dir), *overrides] if resume else [*([config] if config else []), *overrides]
     stall_s = float(os.environ.get("ORCHARD_STALL_S", "120"))
     try:
-        w = run_watched(cmd, label=f"rl train {run_dir}", stall_s=stall_s,
+        w = run_watched(rl_train_attempts(run_dir, first), label=f"rl train {run_dir}", stall_s=stall_s,
                         retries=int(os.environ.get("ORCHARD_STALL_RETRIES", "5")), echo=True)
     except StalledError as e:
         raise OrchardError(f"{e}; the run's complete checkpoints are intact: `rl train --resume {run_dir}`") from None

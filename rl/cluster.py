@@ -118,6 +118,18 @@ def check_resources(c: ClusterConfig) -> None:
                 + " (lower them, or add nodes to the cluster)")
 
 
+def place(core: int | None, threads: int | None) -> int | None:
+    """An actor's placement: pinned to `core` with `threads` torch threads (default 1) when a core is given, else
+    only `threads` torch threads (if given). Returns the core it is pinned to, or None."""
+    if core is not None:
+        return pin_to_core(core, threads or 1)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return None
+
+
 def pin_to_core(index: int, threads: int = 1) -> int | None:
     """Pin this process to core `index % cores` and use `threads` torch threads. Returns the core (None off Linux)."""
     import torch

@@ -72,6 +72,15 @@ class RunDir:
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
 
+    def clear_partial(self) -> None:
+        """Before a fresh start in a directory with no complete checkpoint: drop the metrics, TensorBoard events and
+        unfinished checkpoint of an earlier attempt here (they would otherwise mix with this run's)."""
+        for p in [self.metrics_path, self.path / "tb", *self.ckpt_root.glob(".tmp-*")]:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.exists():
+                p.unlink()
+
     def truncate_metrics(self, after_step: int) -> None:
         """On resume: drop metric lines logged after the checkpoint we resume from (they will be re-logged)."""
         if not self.metrics_path.exists():

@@ -41,6 +41,22 @@ def _cpu_s(pid: int) -> float:
         return 0.0
 
 
+def rl_train_attempts(run_dir, args: list[str]) -> Callable[[int], list[str]]:
+    """`cmd` for `run_watched` of an `rl train ARGS` job writing to `run_dir`: after a stall, `rl train --resume
+    RUN_DIR` from its last complete checkpoint (its config.yaml holds every override), or ARGS again if it had none
+    (a fresh launch clears what the stalled attempt left)."""
+    from pathlib import Path
+
+    run_dir, base = Path(run_dir), [sys.executable, "-m", "rl.cli", "train"]
+
+    def cmd(attempt: int) -> list[str]:
+        if attempt and any((run_dir / "checkpoints").glob("step-*/COMPLETE")):
+            return [*base, "--resume", str(run_dir)]
+        return [*base, *args]
+
+    return cmd
+
+
 def run_watched(cmd: list[str] | Callable[[int], list[str]], *, label: str, stall_s: float = 60.0, retries: int = 2,
                 env: dict | None = None, cwd: str | None = None, echo: bool = False) -> Watched:
     """Run `cmd`; if it stalls, kill it and run it again, at most `retries` more times (`cmd` may be a function of

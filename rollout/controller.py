@@ -110,8 +110,7 @@ class RolloutController:
 
     @staticmethod
     def _fresh_acc() -> dict:
-        return {"busy_s": 0.0, "wait_s": 0.0, "load_s": 0.0, "checks": 0, "skipped": 0, "max_err": 0.0,
-                "t0": time.perf_counter()}
+        return {"busy_s": 0.0, "wait_s": 0.0, "load_s": 0.0, "checks": 0, "skipped": 0, "max_err": 0.0}
 
     # --- weights ---------------------------------------------------------------------------------------------------
     def publish(self, weights, n_tensors: int, version: int, probe: list[Sample] | None = None,

@@ -117,12 +117,10 @@ class RolloutWorker:
 
     def __init__(self, index: int, kind: str, model_path: str, engine_opts: dict, pin_core: int | None = None,
                  threads: int | None = None):
-        from rl.cluster import pin_to_core
+        from rl.cluster import place
 
         self.index = index
-        self.core = pin_to_core(pin_core, threads or 1) if pin_core is not None else None
-        if pin_core is None and threads:
-            torch.set_num_threads(threads)
+        self.core = place(pin_core, threads)
         from rollout.engine import make_engine
 
         self.engine = make_engine(kind, model_path, **engine_opts)

@@ -23,13 +23,12 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from rl.bench.common import markdown_table, write_report
+from rl.bench.common import markdown_table, run_child, write_report
 
 
 def add_arguments(p) -> None:
@@ -61,14 +60,8 @@ def _train(a, ms: int, run_dir: Path, ranks: int = 1) -> dict:
             "cluster.rollout_workers=1", f"cluster.pin_cpus={'false' if a.no_pin else 'true'}",
             f"run_dir={run_dir}", *a.overrides]
     t0 = time.time()
-    try:
-        proc = subprocess.run([sys.executable, "-m", "rl.cli", "train", *args], capture_output=True, text=True,
-                              env={**os.environ, "TQDM_DISABLE": "1"}, timeout=a.timeout)
-    except subprocess.TimeoutExpired as e:
-        raise RuntimeError(f"rl train {' '.join(args)} did not finish within --timeout {a.timeout:g} s "
-                           f"(run dir {run_dir}):\n{(e.stderr or b'')[-4000:]!r}") from None
-    if proc.returncode != 0:
-        raise RuntimeError(f"rl train {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    run_child([sys.executable, "-m", "rl.cli", "train", *args], label=f"rl train {' '.join(args)}",
+              timeout=a.timeout, env={**os.environ, "TQDM_DISABLE": "1"})
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"summary": summary, "steps": [r for r in rows if r["step"] >= 1], "process_wall_s": time.time() - t0}

@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -21,6 +22,24 @@ def machine_info() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def run_child(cmd: list[str], *, label: str, timeout: float, env: dict | None = None,
+              capture: bool = True) -> subprocess.CompletedProcess:
+    """Run one measured child process (a fresh process per system or setting keeps their state apart). Raises
+    RuntimeError naming `label` when it runs past `timeout` seconds or exits non-zero, with the end of its output
+    (when captured; otherwise the output is already on the terminal)."""
+    try:
+        proc = subprocess.run(cmd, capture_output=capture, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        tail = (e.stderr or b"")[-4000:] if capture else b""
+        raise RuntimeError(f"{label} did not finish within --timeout {timeout:g} s"
+                           + (f":\n{tail.decode(errors='replace') if isinstance(tail, bytes) else tail}" if tail else "")
+                           ) from None
+    if proc.returncode != 0:
+        out = f":\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}" if capture else " (its output is above)"
+        raise RuntimeError(f"{label} failed (exit code {proc.returncode}){out}")
+    return proc
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:

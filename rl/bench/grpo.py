@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from rl.bench.common import write_report
+from rl.bench.common import run_child, write_report
 
 
 def add_arguments(p) -> None:
@@ -133,13 +132,8 @@ def run(a) -> dict:
             cmd = [sys.executable, "-m", "rl.cli", "bench", "grpo", "--worker", system, "--workdir", work,
                    "--steps", str(a.steps), "--config", a.config, "--seed", str(a.seed), "--threads", str(a.threads)]
             t0 = time.time()
-            try:
-                subprocess.run(cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"}, timeout=a.timeout)
-            except subprocess.TimeoutExpired:
-                raise RuntimeError(f"rl bench grpo: the {system} run did not finish within --timeout {a.timeout:g} s")
-            except subprocess.CalledProcessError as e:
-                raise RuntimeError(f"rl bench grpo: the {system} run failed (exit {e.returncode}; its output is "
-                                   f"above)") from None
+            run_child(cmd, label=f"rl bench grpo: the {system} run", timeout=a.timeout,
+                      env={**os.environ, "TQDM_DISABLE": "1"}, capture=False)
             results[system] = json.loads(Path(work, f"{system}.json").read_text())
             results[system]["wall_s"] = time.time() - t0
     rows = [_summarise(name, res) for name, res in results.items()]

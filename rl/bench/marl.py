@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,17 +43,10 @@ def add_arguments(p) -> None:
                    help="PPO updates per jitted call; a checkpoint after each (what a stalled pair resumes from)")
 
 
-def _train_cmd(algo: str, env: str, run_dir: Path, a, attempt: int) -> list[str]:
-    """`rl train` for one pair; after a stall, `rl train --resume` from its last checkpoint (a fresh start if the
-    stall came before the first one)."""
-    rl = [sys.executable, "-m", "rl.cli", "train"]
-    if attempt and any((run_dir / "checkpoints").glob("step-*/COMPLETE")):
-        return [*rl, "--resume", str(run_dir)]
-    import shutil
-
-    shutil.rmtree(run_dir, ignore_errors=True)
+def _train_args(algo: str, env: str, run_dir: Path, a) -> list[str]:
+    """`rl train` arguments for one pair, with a checkpoint after every segment (what a stalled pair resumes from)."""
     timesteps = a.timesteps or BUDGETS.get(env, 200_000)
-    return [*rl, f"algo={algo}", f"env.name={env}", f"env.num_envs={a.num_envs}", f"num_steps={a.num_steps}",
+    return [f"algo={algo}", f"env.name={env}", f"env.num_envs={a.num_envs}", f"num_steps={a.num_steps}",
             f"total_timesteps={timesteps}", f"num_seeds={a.seeds}", f"segment_updates={a.segment_updates}",
             f"checkpoint.every={a.segment_updates}", "checkpoint.keep=1", "log.progress=false",
             "log.tensorboard=false", f"run_dir={run_dir}"]
@@ -63,12 +55,12 @@ def _train_cmd(algo: str, env: str, run_dir: Path, a, attempt: int) -> list[str]
 def run_pair_watched(algo: str, env: str, a) -> tuple[dict, dict]:
     """One pair as an `rl train` job in a watched child (rl/watchdog.py): on an XLA stall the child is killed and
     the job resumed from its last checkpoint, which continues bit-for-bit. -> (table row, learning curve)."""
-    from rl.watchdog import run_watched
+    from rl.watchdog import rl_train_attempts, run_watched
 
     with tempfile.TemporaryDirectory(prefix="orchard-bench-marl-") as d:
         run_dir = Path(d) / "run"
         t0 = time.perf_counter()
-        w = run_watched(lambda attempt: _train_cmd(algo, env, run_dir, a, attempt), label=f"rl bench marl {env} {algo}",
+        w = run_watched(rl_train_attempts(run_dir, _train_args(algo, env, run_dir, a)), label=f"rl bench marl {env} {algo}",
                         stall_s=a.stall_s, retries=a.retries, env={**os.environ, "TQDM_DISABLE": "1"})
         wall = time.perf_counter() - t0
         if w.returncode != 0 or not (run_dir / "summary.json").exists():

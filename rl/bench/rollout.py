@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 
-from rl.bench.common import write_report
+from rl.bench.common import run_child, write_report
 
 SIZES = ["3m", "30m", "100m"]
 ENGINES = ["hf", "vllm"]
@@ -101,14 +99,14 @@ def run(a) -> dict:
         for eng in engines:
             cmd = [sys.executable, "-m", "rl.cli", "bench", "rollout", "--worker", eng, size, "--prompts", str(a.prompts),
                    "--new-tokens", str(a.new_tokens), "--repeats", str(a.repeats)]
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=a.timeout)
-            except subprocess.TimeoutExpired:
-                rows.append({"engine": eng, "size": size, "error": f"timed out after --timeout {a.timeout:g} s"})
+            try:  # a failed or timed-out cell becomes an error row; the others still run
+                proc = run_child(cmd, label=f"{eng} {size}", timeout=a.timeout)
+            except RuntimeError as e:
+                rows.append({"engine": eng, "size": size, "error": str(e).strip().splitlines()[-1:]})
                 continue
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                rows.append({"engine": eng, "size": size, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]})
+            if line is None:
+                rows.append({"engine": eng, "size": size, "error": "no RESULT line in the cell's output"})
                 continue
             rows.append(json.loads(line[len("RESULT "):]))
             print(f"{eng:5s} {size:5s} {rows[-1]['tokens_per_s']:.0f} tok/s", file=sys.stderr)

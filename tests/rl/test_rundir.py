@@ -51,3 +51,16 @@ def test_atomic_write_text(tmp_path):
     atomic_write_text(tmp_path / "a" / "s.json", json.dumps({"x": 1}))
     assert json.loads((tmp_path / "a" / "s.json").read_text()) == {"x": 1}
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["s.json"]
+
+
+def test_clear_partial_drops_what_an_attempt_left_before_its_first_checkpoint(tmp_path):
+    run = RunDir(tmp_path)
+    run.log_metrics(1, {"x": 1.0}, tensorboard=False)
+    run.close()
+    (tmp_path / "tb").mkdir()
+    (tmp_path / "tb" / "events").write_text("e")
+    (tmp_path / "checkpoints" / ".tmp-step-2-99").mkdir(parents=True)
+    (tmp_path / "config.yaml").write_text("algo: ippo\n")
+    run.clear_partial()
+    assert not run.metrics_path.exists() and not (tmp_path / "tb").exists()
+    assert not list((tmp_path / "checkpoints").iterdir()) and (tmp_path / "config.yaml").exists()

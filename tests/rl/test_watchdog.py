@@ -49,9 +49,8 @@ def test_rl_train_marl_job_stopped_mid_run_is_resumed_from_its_checkpoint(tmp_pa
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        t0 = time.time()
-        while not (run_dir / "checkpoints" / "step-20" / "COMPLETE").exists():
-            assert proc.poll() is None and time.time() - t0 < 600, "the job ended before its first checkpoint"
+        while not (run_dir / "checkpoints" / "step-20" / "COMPLETE").exists():  # a hang here: pytest-timeout
+            assert proc.poll() is None, "the job ended before its first checkpoint"
             time.sleep(0.05)
         (job,) = [c for c in psutil.Process(proc.pid).children() if "rl.cli" in " ".join(c.cmdline())]
         job.send_signal(signal.SIGSTOP)

@@ -20,6 +20,7 @@ Every rank runs the same number of forward passes (equal shard lengths), which F
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -282,24 +283,14 @@ def update(policy: Policy, sh: Shard, cfg: GRPOConfig, loss_cfg: LossConfig, rec
     return metrics
 
 
-class _grad_sync:
+def _grad_sync(policy: Policy, last: bool):
     """Gradient communication only on the last micro-batch of a step (DDP `no_sync`, FSDP2
-    `set_requires_gradient_sync`); a no-op on one rank."""
-
-    def __init__(self, policy: Policy, last: bool):
-        self.policy, self.last, self.ctx = policy, last, None
-
-    def __enter__(self):
-        if self.policy.strategy == "ddp" and not self.last:
-            self.ctx = self.policy.fwd.no_sync()
-            self.ctx.__enter__()
-        elif self.policy.strategy == "fsdp2":
-            self.policy.model.set_requires_gradient_sync(self.last)
-
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            self.ctx.__exit__(*exc)
-        return False
+    `set_requires_gradient_sync`); nothing to do on one rank."""
+    if policy.strategy == "fsdp2":
+        policy.model.set_requires_gradient_sync(last)
+    if policy.strategy == "ddp" and not last:
+        return policy.fwd.no_sync()
+    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -323,12 +314,9 @@ class TrainerRank:
 
     def __init__(self, cfg: dict, model_dir: str, rank: int = 0, world: int = 1, strategy: str = "ddp",
                  threads: int | None = None, pin_core: int | None = None):
-        from rl.cluster import pin_to_core
+        from rl.cluster import place
 
-        if pin_core is not None:
-            pin_to_core(pin_core, threads or 1)
-        elif threads:
-            torch.set_num_threads(threads)
+        place(pin_core, threads)
         self.cfg = GRPOConfig.model_validate(cfg) if isinstance(cfg, dict) else cfg
         self.model_dir, self.rank, self.world = Path(model_dir), rank, world
         self.strategy = strategy if world > 1 else "single"
