@@ -47,6 +47,14 @@ class ClusterConfig(Section):
     cores), with one torch thread each: what `rl bench async` uses to give each role its own core."""
     max_inflight_per_worker: int = Field(2, ge=1)
     """Tasks queued on a worker at once (2 keeps it busy while the controller collects the previous result)."""
+    weight_sync: Literal["auto", "object_store", "broadcast"] = "auto"
+    """How new weights reach the rollout workers (both verified by the same probe check). object_store: trainer
+    rank 0 puts them into Ray's object store once and each worker fetches them; broadcast: one collective broadcast
+    from trainer rank 0 to every worker, in a process group of their own (NCCL when the trainer and the workers are
+    on GPUs, gloo otherwise); auto: broadcast when both are on GPUs, else object_store."""
+    weight_sync_timeout_s: float = Field(120.0, gt=0)
+    """Broadcast weight sync: how long joining the group or one broadcast may take before it counts as failed (the
+    group is then rebuilt, restarting workers that died, and the weights are sent again)."""
     max_worker_restarts: int = Field(3, ge=0)
     """How many times each rollout worker is restarted after dying before the job stops."""
     dashboard: bool = False
@@ -63,6 +71,9 @@ class ClusterConfig(Section):
         if self.backend == "local" and self.trainer_ranks != 1:
             raise ValueError(f"cluster.trainer_ranks={self.trainer_ranks} needs cluster.backend=ray (trainer ranks "
                              f"are Ray actors; the local backend trains in the controller's process)")
+        if self.backend == "local" and self.weight_sync == "broadcast":
+            raise ValueError("cluster.weight_sync=broadcast needs cluster.backend=ray (the local backend's one worker "
+                             "shares the trainer's process; it gets the weights directly)")
         return self
 
 

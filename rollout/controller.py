@@ -4,8 +4,11 @@ Flow: prompts are drawn from the sampler into *tasks* (a few prompts x G samples
 is admitted by the `StalenessScheduler` (which gives each of its groups a deadline step) and dispatched to a
 worker with a free slot; its samples come back tagged with the policy version of every token, are scored by
 `score_fn`, and wait in the buffer as *groups* until the trainer's `collect(step)` takes them, earliest deadline
-first. `publish(weights, version)` ships new weights to every worker (Ray object store: serialised once) and,
-with a probe batch, checks each worker's log-probs against the trainer's.
+first. `publish(trainer, version)` ships the trainer's new weights to every worker and, with a probe batch, checks
+each worker's log-probs against the trainer's. Two transports, one interface (`cluster.weight_sync`): the Ray
+object store (trainer rank 0 puts the weights once, each worker fetches them) or a collective broadcast from trainer
+rank 0 to every worker (`rl/weight_sync.py`: NCCL on GPUs, gloo on CPU). A broadcast that fails (a worker died or
+timed out) rebuilds the group, restarting dead workers, and sends the weights again.
 
 Fault tolerance: a worker whose process dies (any call to it fails with `WorkerDied`) is restarted, given the
 current weights, and every task it had in flight goes back to the front of the queue with its prompts, seed
@@ -77,7 +80,7 @@ class RolloutController:
                  group_size: int, groups_per_step: int, max_staleness: int, prompts_per_task: int,
                  sampling: SamplingParams, seed: int, last_step: int, start_version: int = 0,
                  inflight_per_worker: int = 2, max_restarts: int = 3, sync_tol: float = 1e-4,
-                 on_workers_changed: Callable[[list[dict]], None] | None = None):
+                 on_workers_changed: Callable[[list[dict]], None] | None = None, sync_hub=None):
         self.pool, self.prompt_ids, self.sampler, self.score_fn = pool, prompt_ids, sampler, score_fn
         self.G, self.P, self.per_task = group_size, groups_per_step, prompts_per_task
         self.sched = StalenessScheduler(groups_per_step, max_staleness, start_version + 1, last_step)
@@ -95,13 +98,18 @@ class RolloutController:
         self.calls: dict = {}  # handle -> (kind, worker, incarnation, payload)
         self.incarnation = [0] * pool.n
         self.weights_ref, self.n_tensors = None, 0
+        self.source = None  # the trainer whose weights `publish` sends
+        self.hub = sync_hub  # broadcast weight sync (rl.weight_sync.SyncHub); None: the Ray object store
+        self._regroup = True  # broadcast: the group must be (re)built before the next broadcast
+        self._broadcasting = False
+        self._needs_weights: set[int] = set()  # broadcast: workers to send the ordered update to after the broadcast
         self.probe: list[Sample] = []
         self.trainer_probe: dict[int, list[list[float]]] = {}  # version -> the trainer's probe log-probs
         self.check_waiting: dict[int, set[int]] = {}  # version -> workers whose check of it has not come back
         self.t_start, self.busy_total = None, 0.0  # for the cumulative worker busy fraction (from the first collect)
         self.collecting = start_version  # the step being (or last) collected
         self.stats = {"draws": 0, "consumed": 0, "duplicates": 0, "requeued_tasks": 0, "worker_restarts": 0,
-                      "stale_results": 0}
+                      "stale_results": 0, "sync_groups": 0, "sync_failures": 0}
         self.consumed_ids: set[int] = set()
         self._step_acc = self._fresh_acc()
         self.worker_infos = [self.pool.get(self.pool.call(i, "info"), i) for i in range(pool.n)]
@@ -110,37 +118,85 @@ class RolloutController:
 
     @staticmethod
     def _fresh_acc() -> dict:
-        return {"busy_s": 0.0, "wait_s": 0.0, "load_s": 0.0, "checks": 0, "skipped": 0, "max_err": 0.0}
+        return {"busy_s": 0.0, "wait_s": 0.0, "load_s": 0.0, "recv_s": 0.0, "checks": 0, "skipped": 0, "max_err": 0.0}
 
     # --- weights ---------------------------------------------------------------------------------------------------
-    def publish(self, weights, n_tensors: int, version: int, probe: list[Sample] | None = None,
+    def publish(self, source, version: int, probe: list[Sample] | None = None,
                 trainer_probe: list[list[float]] | None = None) -> float:
-        """Send `weights` (policy `version`: a name -> tensor dict, or a Ray ObjectRef to one that a trainer rank put
-        in the object store) to every worker; with a probe, queue a log-prob check on each.
-        Returns the seconds this took on the trainer's side (serialisation into the object store)."""
+        """Send policy `version`'s weights from `source` (the trainer) to every worker; with a probe, queue a log-prob
+        check on each. `source.weights()` gives (a name -> tensor dict or a Ray ObjectRef to one, n tensors) for the
+        object store; broadcast sync calls `source.sync_join(spec)` and `source.sync_broadcast()` -> n tensors.
+        Returns the seconds this took on the trainer's side."""
         t0 = time.perf_counter()
-        self.weights_ref, self.n_tensors, self.version = self.pool.put(weights), n_tensors, version
+        self.source, self.version = source, version
         if probe is not None:
             self.probe = probe
             self.trainer_probe[version] = trainer_probe
             self.check_waiting[version] = set()
-        for i in range(self.pool.n):
-            self._send_weights(i)
+        if self.hub is None:
+            weights, self.n_tensors = source.weights()
+            self.weights_ref = self.pool.put(weights)
+            for i in range(self.pool.n):
+                self._send_weights(i)
+        else:
+            self._needs_weights.update(range(self.pool.n))
+            self._broadcast()
         put_s = time.perf_counter() - t0
         self.pump()
         return put_s
 
-    def _send_weights(self, i: int) -> None:
-        box = [self.weights_ref]  # boxed: the worker fetches the tensors itself, once, when it needs them
-        probe = None
+    def _probe_args(self) -> tuple | None:
         if self.probe and self.version in self.trainer_probe:
-            probe = ([s.prompt_ids for s in self.probe], [s.completion_ids for s in self.probe])
-        if self.send_offers:  # on the worker's weights thread: loaded at its next chunk boundary if it is generating
+            return [s.prompt_ids for s in self.probe], [s.completion_ids for s in self.probe]
+        return None
+
+    def _send_weights(self, i: int) -> None:
+        """The ordered update (+ check) on worker i: object store, the boxed ref (the worker fetches the tensors
+        itself, once, when it needs them); broadcast, None (it loads what its weights thread received)."""
+        probe = self._probe_args()
+        box = None if self.hub is not None else [self.weights_ref]
+        if self.send_offers and self.hub is None:  # weights thread: loaded at its next chunk boundary if generating
             self._call(i, "offer", "offer_weights", box, self.version, probe)
         self._call(i, "update", "update_weights", box, self.version, probe)
         if probe is not None:
             self.check_waiting[self.version].add(i)
             self._call(i, "check", "check", self.version, payload=self.version)
+
+    def _broadcast(self) -> None:
+        """Broadcast the current version to every worker (on their weights threads, so generation goes on), then
+        queue the ordered update on the workers that need it. If a round fails (a member died, or a collective timed
+        out), wait for every worker's side of it (dead workers are restarted meanwhile), rebuild the group and send
+        again."""
+        probe = self._probe_args()
+        self._broadcasting = True
+        try:
+            for _ in range(self.max_restarts + 2):
+                calls = []
+                try:
+                    if self._regroup:
+                        spec = self.hub.next_spec()
+                        calls = [self._call(i, "join", "join_sync", spec, i + 1) for i in range(self.pool.n)]
+                        self.source.sync_join(spec)  # returns once every member has joined
+                        self._regroup = False
+                        self.stats["sync_groups"] += 1
+                    calls += [self._call(i, "recv", "receive_weights", self.version, probe) for i in range(self.pool.n)]
+                    self.n_tensors = self.source.sync_broadcast()
+                except Exception as e:  # noqa: BLE001 - any failure of the collective: rebuild and retry
+                    self._regroup = True
+                    self.stats["sync_failures"] += 1
+                    log.warning(f"weight broadcast of policy version {self.version} failed ({type(e).__name__}: "
+                                f"{e}); rebuilding the sync group (generation {self.hub.generation + 1})")
+                    while any(h in self.calls for h in calls):  # each worker's side returns, fails or dies
+                        self._poll(None)
+                    continue
+                for i in sorted(self._needs_weights):
+                    self._send_weights(i)
+                self._needs_weights.clear()
+                return
+        finally:
+            self._broadcasting = False
+        raise WeightSyncError(f"weight broadcast of policy version {self.version} failed {self.max_restarts + 2} "
+                              f"times in a row (cluster.weight_sync=broadcast; try cluster.weight_sync=object_store)")
 
     def _check(self, i: int, out: dict, version: int) -> None:
         ours = self.trainer_probe[version]
@@ -229,12 +285,22 @@ class RolloutController:
         ready = self.pool.wait(list(self.calls), timeout)
         self._step_acc["wait_s"] += time.perf_counter() - t0
         for h in ready:
+            if h not in self.calls:  # handled by a nested poll (a broadcast retried within a restart)
+                continue
             kind, i, inc, payload = self.calls.pop(h)
             try:
                 value = self.pool.result(h, i)
             except WorkerDied as e:
                 if inc == self.incarnation[i]:
                     self._restart(i, e)
+                continue
+            except Exception as e:
+                if self.hub is None or kind not in ("join", "recv", "update"):
+                    raise
+                if inc == self.incarnation[i]:  # its side of a broadcast failed: the trainer's side shows it too
+                    log.warning(f"rollout worker {i}: {kind} failed: {type(e).__name__}: {str(e).strip().splitlines()[-1]}")
+                    if kind == "update":  # its weights never arrived: start it afresh
+                        self._restart(i, WorkerDied(i, e))
                 continue
             if inc != self.incarnation[i]:
                 self.stats["stale_results"] += 1
@@ -243,6 +309,8 @@ class RolloutController:
                 self._on_generated(value)
             elif kind == "update":
                 self._step_acc["load_s"] += value
+            elif kind == "recv":
+                self._step_acc["recv_s"] += value
             elif kind == "check":
                 self._check(i, value, payload)
             elif kind == "call":
@@ -284,7 +352,13 @@ class RolloutController:
         self.worker_infos[i] = self.pool.get(self.pool.call(i, "info"), i)
         if self.on_workers_changed:
             self.on_workers_changed(self.worker_infos)
-        if self.weights_ref is not None:
+        if self.hub is not None:  # a new member: rebuild the group and broadcast the current weights again
+            self._regroup = True
+            if self.source is not None:
+                self._needs_weights.add(i)
+                if not self._broadcasting:  # (within a broadcast, its retry does this)
+                    self._broadcast()
+        elif self.weights_ref is not None:
             self._send_weights(i)
 
     def call_blocking(self, i: int, method: str, *args):
@@ -350,6 +424,9 @@ class RolloutController:
              "rollout/worker_restarts": self.stats["worker_restarts"],
              "perf/trainer_wait_s": acc["wait_s"], "perf/worker_busy_frac": self.busy_total / (max(time.perf_counter() - self.t_start, 1e-9) * self.pool.n),
              "perf/worker_gen_s": acc["busy_s"], "sync/worker_load_s": acc["load_s"]}
+        if self.hub is not None:
+            m.update({"sync/worker_recv_s": acc["recv_s"], "sync/groups_built": self.stats["sync_groups"],
+                      "sync/broadcast_failures": self.stats["sync_failures"]})
         if acc["checks"]:
             m["sync/probe_max_abs_err"] = acc["max_err"]
             m["sync/checks"] = acc["checks"]

@@ -42,7 +42,7 @@ import torch
 from rollout.types import Sample, SamplingParams
 
 WEIGHTS_GROUP = "weights"  # the Ray concurrency group (one thread) that receives weights while the engine works
-_GROUP_METHODS = {"offer_weights": WEIGHTS_GROUP}
+_GROUP_METHODS = {"offer_weights": WEIGHTS_GROUP, "join_sync": WEIGHTS_GROUP, "receive_weights": WEIGHTS_GROUP}
 
 
 class WorkerDied(Exception):
@@ -132,6 +132,8 @@ class RolloutWorker:
         self._loaded = -1  # version of the weights this worker last loaded (-1: the engine's own initial weights)
         self._probe_lps: dict[int, list[list[float]]] = {}  # version -> probe log-probs scored right after loading it
         self._load_s = 0.0
+        self._arrived = threading.Condition(self._lock)  # notified when a broadcast version becomes pending
+        self._sync = None  # the broadcast group (rl.weight_sync.BroadcastGroup) with `cluster.weight_sync: broadcast`
 
     def info(self) -> dict:
         return {"index": self.index, "pid": os.getpid(), "host": socket.gethostname(), "core": self.core,
@@ -161,24 +163,59 @@ class RolloutWorker:
         with self._lock:
             if version <= self._newest:
                 return 0.0
-        tensors = _fetch(weights)  # outside the lock: the engine thread may load meanwhile
+        self._offer(version, _fetch(weights), probe)  # fetched outside the lock: the engine thread may load meanwhile
+        return time.perf_counter() - t0
+
+    def _offer(self, version: int, tensors: dict, probe: tuple | None) -> None:
         with self._lock:
             if version > self._newest:
                 self._pending, self._newest = (version, tensors, probe), version
+                self._arrived.notify_all()
+
+    def join_sync(self, spec, rank: int) -> float:
+        """Weights thread: leave the previous broadcast group (if any) and join `spec`'s generation as `rank`."""
+        from rl.weight_sync import BroadcastGroup
+
+        t0 = time.perf_counter()
+        old, self._sync = self._sync, None
+        if old is not None:
+            old.close()
+        self._sync = BroadcastGroup(spec, rank, getattr(self.engine, "device", "cpu"))
+        return time.perf_counter() - t0
+
+    def receive_weights(self, version: int, probe: tuple | None = None) -> float:
+        """Weights thread: take part in the broadcast of policy `version` and make it the pending update (dropped,
+        after receiving, if this version or a newer one was already received). Returns the seconds it took."""
+        if self._sync is None:
+            raise RuntimeError(f"receive_weights({version}): rollout worker {self.index} has not joined a broadcast "
+                               f"group (join_sync)")
+        t0 = time.perf_counter()
+        self._offer(version, self._sync.receive(), probe)
         return time.perf_counter() - t0
 
     def update_weights(self, weights, version: int, probe: tuple | None = None) -> float:
         """In call order: afterwards the engine holds `version` or newer. Loads exactly `version` (from the pending
         offer if that is it) unless the engine already holds it or a newer one; a newer pending offer stays pending.
-        `probe`: (prompt ids, completion ids) to score right after loading, for `check`. Returns load seconds."""
+        `weights` None (broadcast sync): the tensors arrive on the weights thread (`receive_weights`); wait for
+        `version` and load the newest received, which may be newer. `probe`: (prompt ids, completion ids) to score
+        right after loading, for `check`. Returns load seconds."""
         self._load_s = 0.0
         if self._loaded >= version:
             return 0.0
         with self._lock:
+            if weights is None:
+                wait_s = 2 * self._sync.spec.timeout_s if self._sync is not None else 0.0
+                if not self._arrived.wait_for(lambda: self._newest >= version, timeout=wait_s):
+                    raise RuntimeError(f"rollout worker {self.index}: the broadcast of policy version {version} did "
+                                       f"not arrive within {wait_s:g} s (2 x cluster.weight_sync_timeout_s)")
             p = self._pending
-            if p is not None and p[0] <= version:
-                self._pending = None  # this very version, or an older one this update overtakes
+            if p is not None and (p[0] <= version or weights is None):
+                self._pending = None  # this very version, or an older one this update overtakes (or, broadcast: newer)
             self._newest = max(self._newest, version)
+        if weights is None:
+            if p is not None and p[0] > self._loaded:
+                self._load(*p)
+            return self._load_s
         tensors = p[1] if p is not None and p[0] == version else _fetch(weights)
         self._load(version, tensors, probe)
         return self._load_s
@@ -213,6 +250,8 @@ class RolloutWorker:
         return {"logprobs": self.engine.score(prompt_ids, completion_ids, temperature), "version": self.engine.version}
 
     def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
         self.engine.close()
 
 
@@ -240,15 +279,18 @@ class WorkerPool:
 
     def __init__(self, backend: str, n: int, worker_args: dict, *, cpus_per_worker: float = 1.0,
                  gpus_per_worker: float = 0.0, pin_cpus: bool = False, env_vars: dict | None = None,
-                 first_core: int = 1, partial_chunk_tokens: int | None = None, worker_cls: type = RolloutWorker):
+                 first_core: int = 1, partial_chunk_tokens: int | None = None, weights_thread: bool = False,
+                 worker_cls: type = RolloutWorker):
         """partial_chunk_tokens: generate training tasks in chunks of this many tokens and, on Ray, give each actor
         a `weights` thread so that weights offered mid-task are loaded between chunks (None: whole tasks).
+        weights_thread: give each Ray actor that thread anyway (broadcast weight sync receives on it).
         first_core: with `pin_cpus`, worker i is pinned to core first_core + i (the trainer ranks come first)."""
         if backend == "local" and n != 1:
             raise ValueError(f"cluster.rollout_workers={n}: the local backend runs exactly one worker in process "
                              f"(use cluster.backend=ray for more)")
         self.backend, self.n, self.args = backend, n, worker_args
         self.partial_chunk_tokens, self.worker_cls = partial_chunk_tokens, worker_cls
+        self.weights_thread = bool(partial_chunk_tokens) or weights_thread
         self.cpus, self.gpus, self.pin = cpus_per_worker, gpus_per_worker, pin_cpus
         self.env_vars, self.first_core = env_vars or {}, first_core
         self.workers: list[Any] = [None] * n
@@ -267,9 +309,9 @@ class WorkerPool:
             return
         import ray
 
-        if self.partial_chunk_tokens:
-            # The default group keeps one thread and in-order execution: every call but `offer_weights` runs one
-            # at a time in submission order, as in a plain actor; `offer_weights` gets its own thread.
+        if self.weights_thread:
+            # The default group keeps one thread and in-order execution: every call but the weights methods runs one
+            # at a time in submission order, as in a plain actor; those (`_GROUP_METHODS`) get their own thread.
             cls = ray.remote(concurrency_groups={WEIGHTS_GROUP: 1})(self.worker_cls)
             extra = {"allow_out_of_order_execution": False}
         else:

@@ -75,6 +75,19 @@ def trained_model(model_dir, prompts, tokenizer):
     return m
 
 
+@pytest.fixture()
+def local_ray():
+    """A local Ray (Orchard's quiet start) for the test, shut down after it."""
+    import ray
+
+    from rl.cluster import ClusterConfig, init_ray
+
+    started = init_ray(ClusterConfig())
+    yield
+    if started:
+        ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def lora_dir(tmp_path_factory, model_dir):
     """A peft LoRA adapter on every linear layer, with non-zero (random) B so it changes the outputs."""

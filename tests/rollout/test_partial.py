@@ -153,18 +153,6 @@ def _wait_until(cond, what: str, timeout: float = 120.0) -> None:
         time.sleep(0.02)
 
 
-@pytest.fixture()
-def local_ray():
-    import ray
-
-    from rl.cluster import ClusterConfig, init_ray
-
-    started = init_ray(ClusterConfig())
-    yield
-    if started:
-        ray.shutdown()
-
-
 @pytest.mark.parametrize("engine", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
 def test_ray_worker_loads_weights_sent_mid_generation(engine, local_ray, model_dir, prompts, base_model,
                                                       trained_model):

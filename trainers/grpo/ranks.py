@@ -322,6 +322,7 @@ class TrainerRank:
         self.strategy = strategy if world > 1 else "single"
         self.loss_cfg = loss_config(self.cfg)
         self.policy: Policy | None = None
+        self._sync = None  # rank 0, broadcast weight sync: its rl.weight_sync.BroadcastGroup
 
     def address(self) -> tuple[str, int]:
         """Where this rank (rank 0) accepts the process group's rendezvous: its node's IP and a free port."""
@@ -368,6 +369,24 @@ class TrainerRank:
             return [ray.put(sd), len(sd)]
         return sd
 
+    def sync_join(self, spec) -> None:
+        """Rank 0: leave the previous weight-sync group and join `spec`'s generation as its sender (blocks until every
+        rollout worker has joined too). Other ranks have no part in it."""
+        from rl.weight_sync import BroadcastGroup
+
+        if self.rank != 0:
+            return
+        old, self._sync = self._sync, None
+        if old is not None:
+            old.close()
+        self._sync = BroadcastGroup(spec, 0, self.policy.device)
+
+    def sync_broadcast(self) -> int | None:
+        """Every rank (the merged state dict is a collective under FSDP2); rank 0 broadcasts it to the rollout
+        workers and returns the number of tensors sent."""
+        sd = self.policy.merged_state_dict()
+        return self._sync.send(sd) if self.rank == 0 else None
+
     def probe_logprobs(self, probe: list[Sample]) -> list[list[float]] | None:
         out = probe_logprobs(self.policy, probe)  # every rank: under FSDP2 the forward pass is a collective
         return out if self.rank == 0 else None
@@ -411,6 +430,8 @@ class TrainerRank:
     def close(self) -> None:
         import torch.distributed as dist
 
+        if self._sync is not None:
+            self._sync.close()
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -432,6 +453,12 @@ class InProcessTrainer:
     def weights(self) -> tuple[dict, int]:
         sd = self.rank.weights()
         return sd, len(sd)
+
+    def sync_join(self, spec) -> None:
+        self.rank.sync_join(spec)
+
+    def sync_broadcast(self) -> int:
+        return self.rank.sync_broadcast()
 
     def probe_logprobs(self, probe: list[Sample]) -> list[list[float]]:
         return self.rank.probe_logprobs(probe)
@@ -480,6 +507,14 @@ class RayTrainerGroup:
     def weights(self):
         ref, n = self._all("weights", True)[0]
         return ref, n
+
+    def sync_join(self, spec) -> None:
+        import ray
+
+        ray.get(self.actors[0].sync_join.remote(spec))
+
+    def sync_broadcast(self) -> int:
+        return self._all("sync_broadcast")[0]
 
     def probe_logprobs(self, probe: list[Sample]) -> list[list[float]]:
         return self._all("probe_logprobs", probe)[0]

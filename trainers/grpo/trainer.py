@@ -84,7 +84,7 @@ def load_loop_state(ckpt: Path, sampler: PromptSampler) -> dict:
 
 
 # --- the loop ----------------------------------------------------------------------------------------------------
-def start_workers(cfg: GRPOConfig, model_dir: Path):
+def start_workers(cfg: GRPOConfig, model_dir: Path, weights_thread: bool = False):
     """Rollout workers per `cfg.cluster` (Ray, if used, is already up)."""
     from rl.cluster import pin_to_core
     from rollout.workers import WorkerPool
@@ -100,8 +100,23 @@ def start_workers(cfg: GRPOConfig, model_dir: Path):
         env = {k: v for k, v in os.environ.items() if k.startswith("VLLM_")}
     pool = WorkerPool(c.backend, c.rollout_workers, {"kind": r.engine, "model_path": str(model_dir), "engine_opts": opts},
                       cpus_per_worker=c.cpus_per_worker, gpus_per_worker=c.gpus_per_worker, pin_cpus=c.pin_cpus,
-                      env_vars=env, first_core=c.trainer_ranks, partial_chunk_tokens=r.partial_chunk_tokens)
+                      env_vars=env, first_core=c.trainer_ranks, partial_chunk_tokens=r.partial_chunk_tokens,
+                      weights_thread=weights_thread)
     return pool
+
+
+def sync_hub(cfg: GRPOConfig, trainer):
+    """The broadcast weight-sync hub per `cluster.weight_sync`, or None for the Ray object store. auto: broadcast
+    (NCCL) when the trainer is on a GPU and the rollout workers reserve GPUs; broadcast on CPU uses gloo."""
+    from rl.weight_sync import SyncHub
+
+    c = cfg.cluster
+    on_gpus = trainer.device.type == "cuda" and c.gpus_per_worker > 0
+    if c.backend != "ray" or c.weight_sync == "object_store" or (c.weight_sync == "auto" and not on_gpus):
+        return None
+    backend = "nccl" if on_gpus else "gloo"
+    log.info(f"weight sync: {backend} broadcast from trainer rank 0 to {c.rollout_workers} rollout worker(s)")
+    return SyncHub(1 + c.rollout_workers, backend, c.weight_sync_timeout_s)
 
 
 def staleness_metrics(batch: RolloutBatch, step: int, max_staleness: int) -> dict:
@@ -172,7 +187,8 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float
 
     ctrl = pool = tracker = None
     try:
-        pool = start_workers(cfg, model_dir)
+        hub = sync_hub(cfg, trainer)
+        pool = start_workers(cfg, model_dir, weights_thread=hub is not None)
         ctrl = RolloutController(
             pool, prompt_ids=[tok(row["prompt"])["input_ids"] for row in train_rows], sampler=sampler,
             score_fn=score_fn, group_size=G, groups_per_step=r.prompts_per_step, max_staleness=cfg.max_staleness,
@@ -180,10 +196,10 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float
             sampling=SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p),
             seed=cfg.seed, last_step=cfg.max_steps, start_version=start_step,
             inflight_per_worker=c.max_inflight_per_worker, max_restarts=c.max_worker_restarts,
-            sync_tol=t.sync_check_tol, on_workers_changed=write_workers)
+            sync_tol=t.sync_check_tol, on_workers_changed=write_workers, sync_hub=hub)
         if ctrl_state:
             ctrl.load_state_dict(ctrl_state)
-        ctrl.publish(*trainer.weights(), start_step)
+        ctrl.publish(trainer, start_step)
         eval_engine = WorkerEngine(ctrl)
         if before is None:
             before = evaluate(eval_engine, tok, eval_rows, cfg)["eval/accuracy"]
@@ -222,7 +238,7 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float
             m["dynamic_sampling/groups"] = len(groups)
             if not groups:
                 m["dynamic_sampling/skipped_step"] = 1.0
-                ctrl.publish(*trainer.weights(), step)  # the version advances even without an update
+                ctrl.publish(trainer, step)  # the version advances even without an update
                 tracker.log(step, m)
                 continue
             rewards_t = torch.cat([g.rewards for g in groups])
@@ -238,10 +254,8 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float
             t_train = time.time() - t1
             # publish the new weights to every worker (+ the probe check, verified asynchronously by each worker)
             t2 = time.time()
-            weights, n_tensors = trainer.weights()
             check = t.sync_check_every and step % t.sync_check_every == 0 and probe
-            ctrl.publish(weights, n_tensors, step, probe if check else None,
-                         trainer.probe_logprobs(probe) if check else None)
+            ctrl.publish(trainer, step, probe if check else None, trainer.probe_logprobs(probe) if check else None)
             t_sync = time.time() - t2
             gen_tokens = sum(len(x.completion_ids) for x in samples)
             m.update({"perf/gen_s": t_gen, "perf/train_s": t_train, "perf/sync_s": t_sync,

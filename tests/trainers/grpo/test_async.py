@@ -95,8 +95,11 @@ def _wait_for(cond, proc: subprocess.Popen, log: Path, timeout: float = 300.0):
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("partial", [[], ["rollout.partial_chunk_tokens=2", "rollout.max_new_tokens=8"]],
-                         ids=["whole", "partial"])
+BROADCAST = ["cluster.weight_sync=broadcast", "cluster.weight_sync_timeout_s=30"]
+
+
+@pytest.mark.parametrize("partial", [[], ["rollout.partial_chunk_tokens=2", "rollout.max_new_tokens=8"], BROADCAST],
+                         ids=["whole", "partial", "broadcast"])
 def test_sigkill_rollout_worker_restarts_and_loses_nothing(tmp_path, partial):
     run_dir, log = tmp_path / "run", tmp_path / "job.log"
     steps = 30
@@ -108,6 +111,8 @@ def test_sigkill_rollout_worker_restarts_and_loses_nothing(tmp_path, partial):
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rollout_ledger"]["worker_restarts"] >= 1, summary["rollout_ledger"]
+    if partial is BROADCAST:  # the restarted worker joined a rebuilt group (its weights' probe checks passed)
+        assert summary["rollout_ledger"]["sync_groups"] >= 2, summary["rollout_ledger"]
     _check_ledger(summary, steps)
     assert [r["step"] for r in _rows(run_dir)] == list(range(steps + 1))
     new_pids = {w["pid"] for w in json.loads((run_dir / "workers.json").read_text())}

@@ -111,9 +111,11 @@ def test_async_recipe_with_two_trainer_ranks_and_resume(tmp_path):
     summary = launch("configs/grpo_tiny.yaml", [*RANKS, "max_steps=2", f"run_dir={tmp_path}"])
     assert summary["trainer_ranks"] == 2 and summary["rollout_workers"] == 2
     assert (tmp_path / "checkpoints" / "step-2" / "optimizer.pt").is_file()
-    assert main(["train", "--resume", str(tmp_path), "max_steps=4"]) == 0
+    # resumed with the other transport: trainer rank 0 (a Ray actor in the DDP group) broadcasts to the workers
+    assert main(["train", "--resume", str(tmp_path), "max_steps=4", "cluster.weight_sync=broadcast"]) == 0
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    assert "sync/groups_built" not in rows[2] and rows[4]["sync/groups_built"] == 1
     checked = [r for r in rows if "sync/checks" in r]
     # every publish of rank 0's weights reproduced by both workers: 2 workers x 4 versions
     assert sum(r["sync/checks"] for r in checked) == 2 * 4
