@@ -51,10 +51,18 @@ def launch(config: str | None, overrides: list[str], resume: str | None = None) 
                                f"or choose another run_dir=...")
         run.clear_partial()  # what an earlier attempt here left before its first complete checkpoint
         cfg.run_dir = str(path)
+    kept = run.config_path.read_text() if resume else None  # the config the checkpoints were written under
+    resumed_from = run.latest_checkpoint()
     run.write_config(dump_config(cfg))
     job = get_job(cfg.algo)
     t0 = time.time()
-    summary = job.run(cfg, run)
+    try:
+        summary = job.run(cfg, run)
+    except BaseException:
+        if kept is not None and run.latest_checkpoint() == resumed_from:
+            # nothing was written under the overrides (e.g. a bad one failed at start): a plain --resume keeps working
+            run.write_config(kept)
+        raise
     summary.setdefault("wall_time_s", time.time() - t0)
     summary["run_dir"] = str(run.path)
     run.write_summary(summary)

@@ -137,10 +137,11 @@ def format_validation_error(cls: type[BaseModel], err: ValidationError, source: 
             lines.append(f"{path}: unknown key{hint}")
         elif e["type"] == "missing":
             lines.append(f"{path}: required key is missing")
+        elif isinstance(e.get("input"), dict):  # a check across keys (a model validator): its message names them
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{path}: {msg}" if path else msg)
         else:
-            got = e.get("input")
-            got_s = repr(got) if not isinstance(got, dict) else "a mapping"
-            lines.append(f"{path}: {e['msg']} (got {got_s})")
+            lines.append(f"{path}: {e['msg']} (got {e.get('input')!r})")
     where = f" in {source}" if source else ""
     return f"invalid config{where}:\n  " + "\n  ".join(lines)
 

@@ -9,4 +9,5 @@ BENCHES: dict[str, str] = {
     "envs": "rl.bench.envs",
     "async": "rl.bench.async_",
     "marl": "rl.bench.marl",
+    "sync": "rl.bench.sync",
 }

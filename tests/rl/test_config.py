@@ -101,3 +101,17 @@ def test_trainer_ranks_need_ray_and_fsdp2_refuses_lora():
         load_config("configs/grpo_tiny.yaml", ["cluster.trainer_strategy=zero3"])
     cfg = load_config("configs/grpo_tiny.yaml", ["cluster.trainer_ranks=2", "cluster.trainer_strategy=fsdp2"])
     assert cfg.cluster.trainer_ranks == 2 and cfg.cluster.trainer_strategy == "fsdp2"
+
+
+def test_checks_across_keys_print_their_own_message():
+    """A model validator's error names its keys itself: no pydantic prefix, no '(got a mapping)', and at the top
+    level no empty path."""
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/grpo_tiny.yaml", ["cluster.backend=local", "cluster.weight_sync=broadcast"])
+    assert "\n  cluster: cluster.weight_sync=broadcast needs cluster.backend=ray" in str(e.value)
+    assert "mapping" not in str(e.value) and "Value error" not in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/sac_pendulum.yaml", ["min_utd=5"])
+    assert str(e.value).endswith("\n  min_utd=5.0 must not exceed max_utd=1.0"), str(e.value)
+    with pytest.raises(ConfigError, match=r"cluster\.weight_sync: .*'auto', 'object_store' or 'broadcast' \(got 'nccl'\)"):
+        load_config("configs/grpo_tiny.yaml", ["cluster.weight_sync=nccl"])

@@ -50,6 +50,10 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     launch("configs/grpo_tiny.yaml", [*TINY, "max_steps=4", "checkpoint.every=2", f"run_dir={full}"])
     launch("configs/grpo_tiny.yaml", [*TINY, "max_steps=2", "checkpoint.every=2", f"run_dir={part}"])
+    written = (part / "config.yaml").read_text()
+    # a resume whose override fails at start leaves the run's config as it was
+    assert main(["train", "--resume", str(part), "max_steps=4", f"model.path={tmp_path / 'no-such-model'}"]) == 2
+    assert (part / "config.yaml").read_text() == written
     assert main(["train", "--resume", str(part), "max_steps=4"]) == 0
     a = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
