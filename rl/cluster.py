@@ -50,8 +50,9 @@ class ClusterConfig(Section):
     weight_sync: Literal["auto", "object_store", "broadcast"] = "auto"
     """How new weights reach the rollout workers (both verified by the same probe check). object_store: trainer
     rank 0 puts them into Ray's object store once and each worker fetches them; broadcast: one collective broadcast
-    from trainer rank 0 to every worker, in a process group of their own (NCCL when the trainer and the workers are
-    on GPUs, gloo otherwise); auto: broadcast when both are on GPUs, else object_store."""
+    from trainer rank 0 to every worker, in a process group of their own (NCCL when every member holds a whole GPU
+    reserved through Ray: trainer_ranks > 1 with gpus_per_trainer >= 1 and gpus_per_worker >= 1; gloo otherwise);
+    auto: broadcast where it runs over NCCL, else object_store."""
     weight_sync_timeout_s: float = Field(120.0, gt=0)
     """Broadcast weight sync: how long joining the group or one broadcast may take before it counts as failed (the
     group is then rebuilt, restarting workers that died, and the weights are sent again)."""

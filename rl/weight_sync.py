@@ -90,11 +90,16 @@ def _node_ip() -> str:
 class BroadcastGroup:
     """One member's side of one generation of the sync group. Joining blocks until every member has joined."""
 
-    def __init__(self, spec: GroupSpec, rank: int, device: torch.device | str = "cpu"):
+    def __init__(self, spec: GroupSpec, rank: int, device: torch.device | str | None = None):
+        """device: where this member's buffers live; NCCL needs a GPU (default: this process's current one), gloo
+        uses the CPU."""
         import torch.distributed as dist
 
         self.spec, self.rank = spec, rank
-        self.device = torch.device(device) if spec.backend == "nccl" else torch.device("cpu")
+        self.device = torch.device("cpu")
+        if spec.backend == "nccl":
+            self.device = torch.device(device) if device is not None and torch.device(device).type == "cuda" \
+                else torch.device("cuda", torch.cuda.current_device())
         timeout = timedelta(seconds=spec.timeout_s)
         base = dist.TCPStore(spec.host, spec.port, is_master=False, timeout=timeout)
         self.store = dist.PrefixStore(f"{PREFIX}/{spec.generation}", base)

@@ -180,7 +180,7 @@ class RolloutWorker:
         old, self._sync = self._sync, None
         if old is not None:
             old.close()
-        self._sync = BroadcastGroup(spec, rank, getattr(self.engine, "device", "cpu"))
+        self._sync = BroadcastGroup(spec, rank, getattr(self.engine, "device", None))  # NCCL: vLLM's GPU
         return time.perf_counter() - t0
 
     def receive_weights(self, version: int, probe: tuple | None = None) -> float:

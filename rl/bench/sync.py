@@ -30,17 +30,13 @@ def add_arguments(p) -> None:
 
 
 def _measure(cfg, trainer, model_dir, transport: str, repeats: int) -> dict:
-    from rl.weight_sync import SyncHub
     from rollout.controller import RolloutController
     from rollout.types import Sample, SamplingParams
     from trainers.grpo.batch import PromptSampler
-    from trainers.grpo.trainer import start_workers
+    from trainers.grpo.trainer import start_workers, sync_hub
 
     c = cfg.cluster
-    hub = None
-    if transport == "broadcast":
-        backend = "nccl" if trainer.device.type == "cuda" and c.gpus_per_worker > 0 else "gloo"
-        hub = SyncHub(1 + c.rollout_workers, backend, c.weight_sync_timeout_s)
+    hub = sync_hub(cfg, trainer, transport)
     pool = start_workers(cfg, model_dir, weights_thread=hub is not None)
 
     def no_scoring(prompt_indices, samples):  # never called: this bench generates nothing (last_step 0)

@@ -159,3 +159,25 @@ def test_worker_killed_before_a_broadcast_is_restarted_and_verified(local_ray, m
         assert m2["sync/groups_built"] == ctrl.stats["sync_groups"]
     finally:
         ctrl.close()
+
+
+def test_auto_picks_nccl_broadcast_only_when_every_member_holds_a_whole_gpu():
+    from types import SimpleNamespace
+
+    from rl.config import load_config
+    from trainers.grpo.trainer import sync_backend, sync_hub
+
+    gpu, cpu = SimpleNamespace(device=torch.device("cuda")), SimpleNamespace(device=torch.device("cpu"))
+    whole = ["cluster.trainer_ranks=2", "cluster.gpus_per_trainer=1", "cluster.gpus_per_worker=1"]
+
+    def cfg(*o):
+        return load_config("configs/grpo_tiny.yaml", list(o))
+
+    assert sync_backend(cfg(*whole), gpu) == "nccl"
+    assert sync_backend(cfg(*whole), cpu) == "gloo"
+    assert sync_backend(cfg("cluster.gpus_per_worker=1"), gpu) == "gloo"  # in-process trainer: GPU unknown to Ray
+    assert sync_backend(cfg(*whole[:2], "cluster.gpus_per_worker=0.5"), gpu) == "gloo"  # workers share a GPU
+    assert sync_hub(cfg(), cpu) is None  # auto on CPU: the object store
+    assert sync_hub(cfg(*whole, "cluster.weight_sync=object_store"), gpu) is None
+    hub = sync_hub(cfg("cluster.weight_sync=broadcast", "cluster.rollout_workers=3"), cpu)
+    assert (hub.backend, hub.world) == ("gloo", 4)

@@ -105,16 +105,24 @@ def start_workers(cfg: GRPOConfig, model_dir: Path, weights_thread: bool = False
     return pool
 
 
-def sync_hub(cfg: GRPOConfig, trainer):
-    """The broadcast weight-sync hub per `cluster.weight_sync`, or None for the Ray object store. auto: broadcast
-    (NCCL) when the trainer is on a GPU and the rollout workers reserve GPUs; broadcast on CPU uses gloo."""
+def sync_backend(cfg: GRPOConfig, trainer) -> str:
+    """nccl when every member of the broadcast group holds a whole GPU that Ray reserved for it (trainer ranks as Ray
+    actors with cluster.gpus_per_trainer >= 1, workers with cluster.gpus_per_worker >= 1): NCCL refuses two members
+    on one GPU, and Ray does not know about the GPU an in-process trainer uses. Otherwise gloo, over CPU tensors."""
+    c = cfg.cluster
+    whole_gpus = c.trainer_ranks > 1 and c.gpus_per_trainer >= 1 and c.gpus_per_worker >= 1
+    return "nccl" if whole_gpus and trainer.device.type == "cuda" else "gloo"
+
+
+def sync_hub(cfg: GRPOConfig, trainer, weight_sync: str | None = None):
+    """The broadcast weight-sync hub per `cluster.weight_sync` (or `weight_sync`), or None for the Ray object store.
+    auto: broadcast when it can run over NCCL (`sync_backend`), else the object store."""
     from rl.weight_sync import SyncHub
 
     c = cfg.cluster
-    on_gpus = trainer.device.type == "cuda" and c.gpus_per_worker > 0
-    if c.backend != "ray" or c.weight_sync == "object_store" or (c.weight_sync == "auto" and not on_gpus):
+    mode, backend = weight_sync or c.weight_sync, sync_backend(cfg, trainer)
+    if c.backend != "ray" or mode == "object_store" or (mode == "auto" and backend != "nccl"):
         return None
-    backend = "nccl" if on_gpus else "gloo"
     log.info(f"weight sync: {backend} broadcast from trainer rank 0 to {c.rollout_workers} rollout worker(s)")
     return SyncHub(1 + c.rollout_workers, backend, c.weight_sync_timeout_s)
 
