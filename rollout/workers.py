@@ -24,6 +24,11 @@ submission order, exactly as in a plain actor, and only that thread touches the 
   version since. A version the worker never loaded (overtaken while pending) is reported as skipped: no token
   came from it.
 
+Broadcast weight sync (`cluster.weight_sync: broadcast`, `rl/weight_sync.py`) uses the same thread: `join_sync`
+joins a generation of the sync group and `receive_weights` takes part in one broadcast, whose tensors become the
+pending update exactly as an offer's do; the ordered `update_weights(None, v)` then waits for version v to have
+arrived and loads the newest received (v or newer).
+
 The local backend runs calls in order in the controller's process, so no weights can arrive mid-task there: it
 generates in chunks with one version per task.
 """
