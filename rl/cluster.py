@@ -108,6 +108,19 @@ def init_ray(c: ClusterConfig) -> bool:
     return True
 
 
+def node_ip() -> str:
+    """The address other processes reach this one at: Ray's address for this node when Ray is up, else 127.0.0.1
+    (a single machine). Used for the rendezvous of the trainer ranks and of the weight-sync group."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except ImportError:
+        pass
+    return "127.0.0.1"
+
+
 def check_resources(c: ClusterConfig) -> None:
     """Fail fast, naming the config keys, when the Ray cluster cannot place every actor the job asks for (Ray would
     otherwise leave the extra actors pending forever)."""

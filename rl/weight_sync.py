@@ -63,7 +63,9 @@ class SyncHub:
     """The controller's side: hosts the rendezvous store and numbers the generations."""
 
     def __init__(self, world: int, backend: str, timeout_s: float, bucket_mb: float = 256.0, host: str | None = None):
-        self.host = host or _node_ip()
+        from rl.cluster import node_ip
+
+        self.host = host or node_ip()
         self.store = torch.distributed.TCPStore(self.host, 0, is_master=True, wait_for_workers=False,
                                                 timeout=timedelta(seconds=timeout_s))
         self.world, self.backend, self.timeout_s, self.bucket_mb = world, backend, timeout_s, bucket_mb
@@ -73,18 +75,6 @@ class SyncHub:
         self.generation += 1
         return GroupSpec(self.host, self.store.port, self.generation, self.world, self.backend, self.timeout_s,
                          self.bucket_mb)
-
-
-def _node_ip() -> str:
-    """The address the other members reach this process at: Ray's name for this node when Ray is up."""
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return ray.util.get_node_ip_address()
-    except Exception:  # Ray absent or not started: a single machine
-        pass
-    return "127.0.0.1"
 
 
 class BroadcastGroup:
@@ -155,6 +145,13 @@ class BroadcastGroup:
                 out[name] = part.view(shape)
         self.sent += 1
         return out
+
+    @classmethod
+    def rejoin(cls, old: BroadcastGroup | None, spec: GroupSpec, rank: int, device=None) -> BroadcastGroup:
+        """Leave `old` (if any) and join `spec`'s generation: what every member does when the group is rebuilt."""
+        if old is not None:
+            old.close()
+        return cls(spec, rank, device)
 
     def close(self) -> None:
         pg, self.pg = self.pg, None

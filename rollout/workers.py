@@ -183,9 +183,7 @@ class RolloutWorker:
 
         t0 = time.perf_counter()
         old, self._sync = self._sync, None
-        if old is not None:
-            old.close()
-        self._sync = BroadcastGroup(spec, rank, getattr(self.engine, "device", None))  # NCCL: vLLM's GPU
+        self._sync = BroadcastGroup.rejoin(old, spec, rank, getattr(self.engine, "device", None))  # NCCL: vLLM's GPU
         return time.perf_counter() - t0
 
     def receive_weights(self, version: int, probe: tuple | None = None) -> float:

@@ -140,8 +140,7 @@ def test_worker_killed_before_a_broadcast_is_restarted_and_verified(local_ray, m
         assert ctrl.stats["sync_groups"] == 1 and not ctrl.calls  # synchronous: nothing in flight now
         victim = ctrl.worker_infos[1]["pid"]
         os.kill(victim, signal.SIGKILL)
-        t0 = time.monotonic()
-        while not _gone(victim) and time.monotonic() - t0 < 60:
+        while not _gone(victim):  # its sockets are closed once it is gone (a hang here: pytest-timeout)
             time.sleep(0.05)
         # the probe the trainer would send: prompts with completions, and the new weights' log-probs of them
         (probe_prompts, probe_comps), trained_lp = _probe(prompts, trained_model)

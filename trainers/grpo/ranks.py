@@ -326,10 +326,9 @@ class TrainerRank:
 
     def address(self) -> tuple[str, int]:
         """Where this rank (rank 0) accepts the process group's rendezvous: its node's IP and a free port."""
-        import ray
+        from rl.cluster import node_ip
 
-        node = ray.get_runtime_context().get_node_id()  # the address Ray knows this node by (127.0.0.1 locally)
-        ip = next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node)
+        ip = node_ip()
         with socket.socket() as s:
             s.bind((ip, 0))
             return ip, s.getsockname()[1]
@@ -377,9 +376,7 @@ class TrainerRank:
         if self.rank != 0:
             return
         old, self._sync = self._sync, None
-        if old is not None:
-            old.close()
-        self._sync = BroadcastGroup(spec, 0, self.policy.device)
+        self._sync = BroadcastGroup.rejoin(old, spec, 0, self.policy.device)
 
     def sync_broadcast(self) -> int | None:
         """Every rank (the merged state dict is a collective under FSDP2); rank 0 broadcasts it to the rollout
