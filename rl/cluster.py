@@ -1,13 +1,14 @@
 """Ray glue: the `cluster` config section, a quiet local Ray start (or joining a cluster), and CPU pinning.
 
-Locally, `rl train` starts Ray itself: no dashboard unless `cluster.dashboard`, no auth token written under the
-home directory (`RAY_AUTH_MODE=disabled`), no usage stats, temp files under `cluster.temp_dir` (default
-`<tmp>/orchard-ray-<uid>`), and the node address 127.0.0.1. `cluster.address=auto` (or `host:port`) joins a
+Locally, `rl train` starts Ray itself: no dashboard web UI unless `cluster.dashboard` (Ray still runs its job-API
+process), no auth token written under the home directory (`RAY_AUTH_MODE=disabled`), no usage stats, temp files
+under `cluster.temp_dir` (default `<tmp>/orchard-ray-<uid>`), and every port on 127.0.0.1 (`_loopback_only`). `cluster.address=auto` (or `host:port`) joins a
 running cluster instead (start one with `ray start --head` on the head node and `ray start --address=...` on the
 others); the model directory must then be readable at the same path on every node.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -37,7 +38,10 @@ class ClusterConfig(Section):
     cpus_per_trainer: float = Field(1.0, gt=0)
     """Ray CPUs reserved by each trainer rank (N > 1); also its torch thread count (rounded, at least 1)."""
     gpus_per_trainer: float = Field(0.0, ge=0)
-    """Ray GPUs reserved by each trainer rank (N > 1). Use 1 on GPU nodes: NCCL needs one GPU per rank."""
+    """Ray GPUs reserved by each trainer rank. Use 1 on GPU nodes: NCCL needs one GPU per rank. With one rank (the
+    trainer in the controller's process) it is a lease held through Ray on the controller's node, and the trainer
+    uses the GPU Ray assigns, so no rollout worker is given the same one (a fraction shares it on purpose, e.g. 0.5
+    with gpus_per_worker=0.5 on a one-GPU machine); 0 leaves a one-rank trainer on cuda:0, unknown to Ray."""
     cpus_per_worker: float = Field(1.0, gt=0)
     """Ray CPUs reserved by each rollout worker; also its torch thread count (rounded, at least 1)."""
     gpus_per_worker: float = Field(0.0, ge=0)
@@ -51,7 +55,7 @@ class ClusterConfig(Section):
     """How new weights reach the rollout workers (both verified by the same probe check). object_store: trainer
     rank 0 puts them into Ray's object store once and each worker fetches them; broadcast: one collective broadcast
     from trainer rank 0 to every worker, in a process group of their own (NCCL when every member holds a whole GPU
-    reserved through Ray: trainer_ranks > 1 with gpus_per_trainer >= 1 and gpus_per_worker >= 1; gloo otherwise);
+    reserved through Ray: gpus_per_trainer >= 1 and gpus_per_worker >= 1; gloo otherwise);
     auto: broadcast where it runs over NCCL, else object_store."""
     weight_sync_timeout_s: float = Field(120.0, gt=0)
     """Broadcast weight sync: how long joining the group or one broadcast may take before it counts as failed (the
@@ -103,9 +107,32 @@ def init_ray(c: ClusterConfig) -> bool:
         ranks = f" + {c.trainer_ranks} trainer ranks x {c.cpus_per_trainer:g}" if c.trainer_ranks > 1 else ""
         log.warning(f"cluster: {c.rollout_workers} rollout workers x {c.cpus_per_worker:g} CPUs{ranks} exceed this "
                     f"machine's {os.cpu_count()} cores; they will share them")
-    ray.init(num_cpus=num_cpus, include_dashboard=c.dashboard, dashboard_host="127.0.0.1",
-             _node_ip_address="127.0.0.1", _temp_dir=temp_dir, configure_logging=False, log_to_driver=True)
+    with _loopback_only():
+        ray.init(num_cpus=num_cpus, include_dashboard=c.dashboard, dashboard_host="127.0.0.1",
+                 _node_ip_address="127.0.0.1", _temp_dir=temp_dir, configure_logging=False, log_to_driver=True)
     return True
+
+
+@contextlib.contextmanager
+def _loopback_only():
+    """Keep a local Ray on 127.0.0.1. Ray (2.60) turns `_node_ip_address="127.0.0.1"` into the machine's routable
+    address, and its gRPC servers then listen on every interface, unless Ray believes clusters are off (what it
+    does on macOS/Windows): `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read by the processes Ray starts, and the same
+    flag in this process's already-imported `ray_constants`. Both are put back afterwards, so a later
+    `ray.init(address=...)` from this process joins a real cluster normally."""
+    from ray._private import ray_constants
+
+    env, flag = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = flag
+        if env is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = env
 
 
 def node_ip() -> str:
@@ -121,6 +148,64 @@ def node_ip() -> str:
     return "127.0.0.1"
 
 
+def gloo_interface(ip: str) -> str | None:
+    """The network interface that holds `ip` (None if none does). gloo binds to the address of the machine's
+    hostname unless `GLOO_SOCKET_IFNAME` names an interface; on many Linux hosts the hostname resolves to 127.0.1.1,
+    which other nodes cannot reach, so process groups pin gloo to the interface of Ray's node address instead."""
+    import psutil
+
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == ip for a in addrs):
+            return name
+    return None
+
+
+class GpuLease:
+    """GPUs that Ray reserves for work done in the controller's own process (the one-rank trainer), so Ray does not
+    hand the same GPU to a rollout worker: a zero-CPU actor on this node holds them until `release`."""
+
+    def __init__(self, gpus: float):
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        @ray.remote(num_cpus=0)
+        class _Holder:
+            def ids(self) -> list[str]:
+                return [str(i) for i in ray.get_gpu_ids()]
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.gpus = gpus
+        self.actor = _Holder.options(num_gpus=gpus, scheduling_strategy=here).remote()
+        try:
+            self.ids = ray.get(self.actor.ids.remote(), timeout=60)
+        except ray.exceptions.GetTimeoutError:
+            from rl.errors import OrchardError
+
+            ray.kill(self.actor)
+            raise OrchardError(f"cluster.gpus_per_trainer={gpus:g}: Ray could not reserve that on the controller's node "
+                               f"within 60 s ({ray.available_resources().get('GPU', 0):g} GPUs free in the cluster)")
+
+    def device_index(self, visible: str | None = None) -> int:
+        """This process's CUDA index of the first leased GPU. Ray names GPUs by their CUDA_VISIBLE_DEVICES entries
+        (or 0..n-1), so the index is the id's position in this process's CUDA_VISIBLE_DEVICES when it is set."""
+        gid = self.ids[0]
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+        if not visible:
+            return int(gid)
+        entries = [v.strip() for v in visible.split(",")]
+        if gid not in entries:
+            raise RuntimeError(f"Ray reserved GPU {gid} for the trainer, but this process sees only "
+                               f"CUDA_VISIBLE_DEVICES={visible}")
+        return entries.index(gid)
+
+    def release(self) -> None:
+        import ray
+
+        if self.actor is not None:
+            ray.kill(self.actor, no_restart=True)
+            self.actor = None
+
+
 def check_resources(c: ClusterConfig) -> None:
     """Fail fast, naming the config keys, when the Ray cluster cannot place every actor the job asks for (Ray would
     otherwise leave the extra actors pending forever)."""
@@ -130,7 +215,7 @@ def check_resources(c: ClusterConfig) -> None:
 
     ranks = c.trainer_ranks if c.trainer_ranks > 1 else 0
     need = {"CPU": c.rollout_workers * c.cpus_per_worker + ranks * c.cpus_per_trainer,
-            "GPU": c.rollout_workers * c.gpus_per_worker + ranks * c.gpus_per_trainer}
+            "GPU": c.rollout_workers * c.gpus_per_worker + c.trainer_ranks * c.gpus_per_trainer}
     have = ray.available_resources()
     for res, n in need.items():
         if n > 0 and have.get(res, 0.0) + 1e-9 < n:

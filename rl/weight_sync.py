@@ -99,7 +99,12 @@ class BroadcastGroup:
             opts._timeout = timeout
             self.pg = dist.ProcessGroupNCCL(self.store, rank, spec.world, opts)
         elif spec.backend == "gloo":
-            self.pg = dist.ProcessGroupGloo(self.store, rank, spec.world, timeout)
+            from rl.cluster import node_ip
+
+            opts = dist.ProcessGroupGloo._Options()
+            opts._timeout = timeout
+            opts._devices = [dist.ProcessGroupGloo.create_device(hostname=node_ip())]  # this node's Ray address
+            self.pg = dist.ProcessGroupGloo(self.store, rank, spec.world, opts)
         else:
             raise ValueError(f"weight sync backend {spec.backend!r}: expected gloo or nccl")
         self.manifest: list[tuple[str, tuple, str]] | None = None
@@ -130,8 +135,11 @@ class BroadcastGroup:
         self.sent += 1
         return len(tensors)
 
-    def receive(self) -> dict[str, torch.Tensor]:
-        """Ranks >= 1: the next broadcast, as name -> tensor (views of per-bucket buffers on this member's device)."""
+    def receive(self, to_host: bool = False) -> dict[str, torch.Tensor]:
+        """Ranks >= 1: the next broadcast, as name -> tensor (views of per-bucket buffers on this member's device).
+        `to_host`: move each bucket to CPU memory as soon as it arrives, so a GPU member holds one bucket at a time
+        beside its engine's own weights rather than a second copy of the model (what rollout workers do under
+        NCCL: an engine such as vLLM has already claimed most of the GPU)."""
         if self.manifest is None:
             self.manifest = pickle.loads(self.store.get("manifest"))
         out: dict[str, torch.Tensor] = {}
@@ -140,6 +148,8 @@ class BroadcastGroup:
             sizes = [torch.Size(self.manifest[j][1]).numel() for j in idx]
             flat = torch.empty(sum(sizes), dtype=dt, device=self.device)
             self._broadcast(flat)
+            if to_host and flat.device.type != "cpu":
+                flat = flat.cpu()
             for j, part in zip(idx, flat.split(sizes)):
                 name, shape, _ = self.manifest[j]
                 out[name] = part.view(shape)

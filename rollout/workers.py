@@ -193,7 +193,7 @@ class RolloutWorker:
             raise RuntimeError(f"receive_weights({version}): rollout worker {self.index} has not joined a broadcast "
                                f"group (join_sync)")
         t0 = time.perf_counter()
-        self._offer(version, self._sync.receive(), probe)
+        self._offer(version, self._sync.receive(to_host=True), probe)  # held until loaded: off the GPU meanwhile
         return time.perf_counter() - t0
 
     def update_weights(self, weights, version: int, probe: tuple | None = None) -> float:

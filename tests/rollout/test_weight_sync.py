@@ -175,8 +175,55 @@ def test_auto_picks_nccl_broadcast_only_when_every_member_holds_a_whole_gpu():
     assert sync_backend(cfg(*whole), gpu) == "nccl"
     assert sync_backend(cfg(*whole), cpu) == "gloo"
     assert sync_backend(cfg("cluster.gpus_per_worker=1"), gpu) == "gloo"  # in-process trainer: GPU unknown to Ray
+    one = ["cluster.gpus_per_trainer=1", "cluster.gpus_per_worker=1"]  # in-process trainer on a GPU leased via Ray
+    assert sync_backend(cfg(*one), gpu) == "nccl" and sync_backend(cfg("cluster.gpus_per_trainer=0.5", *one[1:]),
+                                                                   gpu) == "gloo"
     assert sync_backend(cfg(*whole[:2], "cluster.gpus_per_worker=0.5"), gpu) == "gloo"  # workers share a GPU
     assert sync_hub(cfg(), cpu) is None  # auto on CPU: the object store
     assert sync_hub(cfg(*whole, "cluster.weight_sync=object_store"), gpu) is None
     hub = sync_hub(cfg("cluster.weight_sync=broadcast", "cluster.rollout_workers=3"), cpu)
     assert (hub.backend, hub.world) == ("gloo", 4)
+
+
+def test_gpu_lease_maps_ray_ids_to_cuda_indices():
+    from types import SimpleNamespace
+
+    from rl.cluster import GpuLease
+
+    lease = SimpleNamespace(ids=["5"])
+    assert GpuLease.device_index(lease, "") == 5  # nothing hidden: Ray's id is the CUDA index
+    assert GpuLease.device_index(lease, "3,5") == 1  # Ray names GPUs by their CUDA_VISIBLE_DEVICES entries
+    with pytest.raises(RuntimeError, match="GPU 5.*CUDA_VISIBLE_DEVICES=0,1"):
+        GpuLease.device_index(lease, "0,1")
+
+
+def test_in_process_trainer_leases_its_gpu_from_ray(model_dir):
+    """A one-rank trainer with cluster.gpus_per_trainer holds its GPU through Ray, so a rollout worker asking for a
+    GPU gets the other one; the lease is given back on close. On CPU Ray counts two GPUs it is told about (there is no
+    CUDA here, so the trainer itself stays on the CPU: what is tested is Ray's assignment)."""
+    import ray
+
+    from trainers.grpo.config import GRPOConfig
+    from trainers.grpo.ranks import InProcessTrainer
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        cfg = GRPOConfig.model_validate({"model": {"path": str(model_dir)},
+                                         "cluster": {"gpus_per_trainer": 1, "gpus_per_worker": 1}})
+        trainer = InProcessTrainer(cfg, model_dir)
+        assert ray.available_resources().get("GPU", 0) == 1
+        leased = trainer.infos[0]["ray_gpu_ids"]
+
+        @ray.remote(num_gpus=1, num_cpus=0)
+        def worker_gpu():
+            return [str(i) for i in ray.get_gpu_ids()]
+
+        worker = ray.get(worker_gpu.remote())
+        assert len(leased) == 1 and len(worker) == 1 and leased != worker and {*leased, *worker} == {"0", "1"}
+        trainer.close()
+        while ray.available_resources().get("GPU", 0) < 2:  # Ray frees a killed actor's GPU asynchronously
+            time.sleep(0.2)
+    finally:
+        ray.shutdown()

@@ -333,16 +333,26 @@ class TrainerRank:
             s.bind((ip, 0))
             return ip, s.getsockname()[1]
 
-    def setup(self, master: tuple[str, int] | None = None, ckpt: str | None = None) -> dict:
-        """Join the process group (world > 1), build the policy, and load `ckpt` (model + optimizer) if given."""
+    def setup(self, master: tuple[str, int] | None = None, ckpt: str | None = None, gpu: int | None = None) -> dict:
+        """Join the process group (world > 1), build the policy, and load `ckpt` (model + optimizer) if given.
+        `gpu`: this process's CUDA index to use (the in-process trainer's Ray lease; default: the current one)."""
         from rl.seeding import seed_everything
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device.type == "cuda" and gpu is not None:
+            torch.cuda.set_device(gpu)
+            device = torch.device("cuda", gpu)
         if self.world > 1:
             import torch.distributed as dist
 
             if device.type == "cuda":
                 torch.cuda.set_device(0)  # Ray shows each rank only its own GPU(s)
+            elif "GLOO_SOCKET_IFNAME" not in os.environ:
+                from rl.cluster import gloo_interface, node_ip
+
+                iface = gloo_interface(node_ip())  # gloo on the interface of this node's Ray address
+                if iface:
+                    os.environ["GLOO_SOCKET_IFNAME"] = iface
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                     init_method=f"tcp://{master[0]}:{master[1]}", rank=self.rank, world_size=self.world)
             seed_everything(self.cfg.seed)  # identical LoRA init on every rank (DDP also broadcasts rank 0's)
@@ -440,9 +450,28 @@ class InProcessTrainer:
     ranks = 1
 
     def __init__(self, cfg: GRPOConfig, model_dir: Path, ckpt: Path | None = None):
-        self.rank = TrainerRank(cfg, str(model_dir))
-        self.infos = [self.rank.setup(None, str(ckpt) if ckpt else None)]
+        from rl.cluster import GpuLease
+
+        c = cfg.cluster
+        self.lease = GpuLease(c.gpus_per_trainer) if c.backend == "ray" and c.gpus_per_trainer > 0 else None
+        gpu = self.lease.device_index() if self.lease is not None and torch.cuda.is_available() else None
+        if self.lease is None and c.backend == "ray" and c.gpus_per_worker > 0 and torch.cuda.is_available():
+            log.warning("trainer: on cuda:0 without a Ray reservation (cluster.gpus_per_trainer=0), so Ray may give "
+                        "a rollout worker the same GPU; set cluster.gpus_per_trainer (e.g. 1, or 0.5 to share it)")
+        try:
+            self.rank = TrainerRank(cfg, str(model_dir))
+            self.infos = [self.rank.setup(None, str(ckpt) if ckpt else None, gpu)]
+        except BaseException:
+            self.close_lease()
+            raise
         self.device = self.rank.policy.device
+        if self.lease is not None:
+            self.infos[0]["ray_gpu_ids"] = self.lease.ids
+
+    def close_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
 
     def update(self, batch: RolloutBatch, recompute: bool) -> dict:
         return self.rank.update(whole(batch), recompute)
@@ -465,6 +494,7 @@ class InProcessTrainer:
 
     def close(self) -> None:
         self.rank.close()
+        self.close_lease()
 
 
 class RayTrainerGroup:

@@ -106,11 +106,11 @@ def start_workers(cfg: GRPOConfig, model_dir: Path, weights_thread: bool = False
 
 
 def sync_backend(cfg: GRPOConfig, trainer) -> str:
-    """nccl when every member of the broadcast group holds a whole GPU that Ray reserved for it (trainer ranks as Ray
-    actors with cluster.gpus_per_trainer >= 1, workers with cluster.gpus_per_worker >= 1): NCCL refuses two members
-    on one GPU, and Ray does not know about the GPU an in-process trainer uses. Otherwise gloo, over CPU tensors."""
+    """nccl when every member of the broadcast group holds a whole GPU that Ray reserved for it (trainer ranks, or the
+    in-process trainer's lease, with cluster.gpus_per_trainer >= 1; workers with cluster.gpus_per_worker >= 1): NCCL
+    refuses two members on one GPU. Otherwise gloo, over CPU tensors."""
     c = cfg.cluster
-    whole_gpus = c.trainer_ranks > 1 and c.gpus_per_trainer >= 1 and c.gpus_per_worker >= 1
+    whole_gpus = c.gpus_per_trainer >= 1 and c.gpus_per_worker >= 1
     return "nccl" if whole_gpus and trainer.device.type == "cuda" else "gloo"
 
 

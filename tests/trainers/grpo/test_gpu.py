@@ -45,7 +45,8 @@ def test_two_nccl_trainer_ranks(tmp_path, strategy):
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs one GPU per member")
 def test_nccl_broadcast_group_two_gpus():
-    """The broadcast weight-sync group over NCCL: rank 0 on cuda:0 sends, rank 1 on cuda:1 receives, exactly."""
+    """The broadcast weight-sync group over NCCL: rank 0 on cuda:0 sends, rank 1 on cuda:1 receives, exactly (on the
+    GPU, then staged bucket by bucket into CPU memory)."""
     import threading
 
     from rl.weight_sync import BroadcastGroup, SyncHub
@@ -59,6 +60,7 @@ def test_nccl_broadcast_group_two_gpus():
         torch.cuda.set_device(r)
         g = BroadcastGroup(spec, r, f"cuda:{r}")
         out[r] = g.send(sd) if r == 0 else g.receive()
+        out[10 + r] = g.send(sd) if r == 0 else g.receive(to_host=True)  # what rollout workers do
 
     ts = [threading.Thread(target=member, args=(r,)) for r in range(2)]
     for t in ts:
@@ -67,6 +69,7 @@ def test_nccl_broadcast_group_two_gpus():
         t.join(timeout=120)
     assert out[0] == 3
     assert all(out[1][k].device == torch.device("cuda", 1) and torch.equal(out[1][k].cpu(), sd[k]) for k in sd)
+    assert all(out[11][k].device.type == "cpu" and torch.equal(out[11][k], sd[k]) for k in sd)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 3, reason="2 trainer ranks and 1 rollout worker, a GPU each")
@@ -76,6 +79,20 @@ def test_recipe_with_nccl_broadcast_weight_sync(tmp_path):
     s = launch("configs/grpo_tiny.yaml", [*TINY[:-1], "cluster.backend=ray", "cluster.trainer_ranks=2",
                                           "cluster.gpus_per_trainer=1", "cluster.gpus_per_worker=1",
                                           "max_staleness=2", f"run_dir={run_dir}"])
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["sync/groups_built"] == 1 and s["rollout_ledger"]["sync_failures"] == 0
+    assert sum(r.get("sync/checks", 0) for r in rows) == 6 and max(r["sync/probe_max_abs_err"] for r in rows
+                                                                   if "sync/checks" in r) <= 1e-4
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="the trainer and 1 rollout worker, a GPU each")
+def test_one_rank_trainer_on_a_leased_gpu_with_nccl_broadcast(tmp_path):
+    """One trainer rank in the controller's process leases its GPU through Ray (cluster.gpus_per_trainer=1), so the
+    worker gets the other GPU and auto picks the NCCL broadcast; every publish is verified."""
+    run_dir = tmp_path / "lease"
+    s = launch("configs/grpo_tiny.yaml", [*TINY[:-1], "cluster.backend=ray", "cluster.gpus_per_trainer=1",
+                                          "cluster.gpus_per_worker=1", "max_staleness=2", f"run_dir={run_dir}"])
+    assert s["device"].startswith("cuda:")
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["sync/groups_built"] == 1 and s["rollout_ledger"]["sync_failures"] == 0
     assert sum(r.get("sync/checks", 0) for r in rows) == 6 and max(r["sync/probe_max_abs_err"] for r in rows

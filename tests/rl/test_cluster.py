@@ -1,0 +1,109 @@
+"""The quiet local Ray start: every port Ray opens is on 127.0.0.1, the node reports 127.0.0.1 (so the trainer-rank
+and weight-sync rendezvous bind there too), no auth token lands in the home directory, and the loopback switch is
+put back so this process can still join a real cluster afterwards."""
+import contextlib
+import ipaddress
+import os
+import shutil
+
+import psutil
+import pytest
+
+from rl.cluster import ClusterConfig, gloo_interface, init_ray, node_ip
+
+
+def _loopback(ip: str) -> bool:
+    return ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback
+
+
+@pytest.fixture()
+def fresh_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    return tmp_path / "home"
+
+
+def test_local_ray_listens_on_loopback_only(fresh_home):
+    import ray
+    from ray._private import ray_constants
+
+    if ray.is_initialized():
+        ray.shutdown()
+    flag = ray_constants.ENABLE_RAY_CLUSTER
+    assert init_ray(ClusterConfig())
+    try:
+        @ray.remote(num_cpus=0)
+        def where():
+            return node_ip()
+
+        assert ray.get(where.remote()) == "127.0.0.1"  # a worker process is up and sees the loopback node too
+        assert node_ip() == "127.0.0.1"
+        assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
+        procs = psutil.Process().children(recursive=True)
+        names = {p.name() for p in procs}
+        assert {"gcs_server", "raylet"} <= names, names
+        listening = [(p.name(), c.laddr.ip, c.laddr.port) for p in procs for c in p.net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN]
+        assert any(n == "gcs_server" for n, _, _ in listening), listening
+        assert all(_loopback(ip) for _, ip, _ in listening), [x for x in listening if not _loopback(x[1])]
+        assert not any(fresh_home.rglob("*")), list(fresh_home.rglob("*"))
+        # The switch is put back in this process: a later ray.init(address=...) would find the machine's address.
+        assert ray_constants.ENABLE_RAY_CLUSTER == flag
+        assert ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR not in os.environ
+    finally:
+        ray.shutdown()
+
+
+def test_gloo_interface_names_the_interface_holding_the_address():
+    assert gloo_interface("127.0.0.1") in psutil.net_if_addrs()
+    assert gloo_interface("203.0.113.254") is None  # TEST-NET-3: on no interface here
+
+
+@pytest.mark.slow
+def test_rl_train_joins_a_running_cluster(tmp_path):
+    """`cluster.address=host:port` joins a cluster started with `ray start --head` instead of starting Ray: the
+    rollout workers run on that cluster (their logs are in its session), and the job only disconnects from it."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import ray
+
+    from rl.cli import launch
+    from tests.trainers.grpo.test_async import RAY
+
+    if ray.is_initialized():
+        ray.shutdown()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = Path(tempfile.mkdtemp(prefix="orh-"))  # short: Ray's socket paths must fit in 107 bytes
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.Popen([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp}",
+                             "--include-dashboard=false", "--disable-usage-stats", "--block"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:  # until the head's GCS accepts connections (pytest-timeout bounds a head that never comes up)
+            assert head.poll() is None, "ray start --head exited"
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        summary = launch("configs/grpo_tiny.yaml", [*RAY, f"cluster.address=127.0.0.1:{port}", "max_steps=2",
+                                                    f"run_dir={tmp_path / 'run'}"])
+        assert summary["rollout_ledger"]["draws"] == summary["rollout_ledger"]["consumed"] == 2 * 4  # prompts
+        assert not ray.is_initialized() and head.poll() is None  # disconnected; the cluster is still up
+        logs = (temp / "session_latest" / "logs").glob("worker-*.out")
+        assert sum(":actor_name:RolloutWorker" in p.read_text() for p in logs) == 2
+    finally:
+        procs = [head, *psutil.Process(head.pid).children(recursive=True)] if head.poll() is None else []
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
+                p.send_signal(signal.SIGKILL)
+        head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
