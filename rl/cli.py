@@ -22,7 +22,7 @@ examples:
   rl train configs/grpo_tiny.yaml max_steps=50 trainer.lr=3e-6 rollout.engine=vllm seed=1 run_dir=runs/x
   rl train configs/grpo_tiny.yaml reward=my_rewards.py:my_fn
   rl train --resume runs/x                              # continue from the last checkpoint
-  rl eval runs/x                                        # held-out accuracy of a run's last checkpoint
+  rl eval runs/x                                        # held-out accuracy (LLMs) or return of its last checkpoint
   rl models build tiny-arith                            # build (and cache) the embedded tiny model
   rl plot runs/x                                        # PNG learning curves into runs/x/plots
   rl train configs/ippo_mpe_spread.yaml                 # multi-agent: IPPO / MAPPO (JAX) on JaxMARL envs
@@ -141,7 +141,7 @@ def _train_watched(config: str | None, overrides: list[str], resume: str | None)
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
-    from rl.config import load_config
+    from rl.config import get_job, load_config
     from rl.progress import setup_logging
     from rl.rundir import open_run_dir
 
@@ -153,15 +153,14 @@ def cmd_eval(a: argparse.Namespace) -> None:
         run = open_run_dir(target, must_exist=True)
         cfg = load_config(run.config_path, overrides)
         latest = run.latest_checkpoint()
-        if latest is not None and not any(o.startswith("model.path=") for o in overrides):
-            cfg.model.path = str(latest[1] / "model")
+        ckpt = latest[1] if latest is not None and not any(o.startswith("model.path=") for o in overrides) else None
     else:
-        cfg = load_config(target, overrides)
-    if cfg.algo != "grpo":
-        raise OrchardError(f"`rl eval` evaluates LLM (grpo) runs; {target} is a '{cfg.algo}' job (its summary.json has its returns)")
-    from trainers.grpo.evaluate import evaluate_model
-
-    result = evaluate_model(cfg)
+        cfg, ckpt = load_config(target, overrides), None
+    job = get_job(cfg.algo)
+    if job.evaluate is None:
+        raise OrchardError(f"`rl eval` has no evaluation for '{cfg.algo}' jobs ({target}); the run's summary.json has "
+                           f"the returns of its final policy (per seed)")
+    result = job.evaluate(cfg, ckpt)
     print(json.dumps(result, indent=2))
     if run is not None:
         from rl.rundir import atomic_write_text
@@ -228,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--list", action="store_true", help="list the available jobs (algo names)")
     t.add_argument("--help-config", action="store_true", help="print every config key of the job with its default and docs")
 
-    e = sub.add_parser("eval", help="held-out accuracy of a run's last checkpoint, or of model.path=... under a config")
+    e = sub.add_parser("eval", help="held-out accuracy (LLM jobs) or return (PPO, SAC) of a run's last checkpoint, or of model.path=... under a config")
     e.add_argument("target", help="a run directory or a YAML recipe")
     e.add_argument("overrides", nargs="*", help="dotted KEY=VALUE overrides (e.g. model.path=/path/to/hf_model)")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from rl.config import JobConfig
@@ -18,3 +19,7 @@ class Job:
     watch_stalls: bool = False
     """`rl train` runs the job in a child process and restarts it from its last checkpoint when it stops making CPU
     progress (the XLA:CPU deadlock of the JAX jobs; see rl/watchdog.py)."""
+    evaluate: Callable[[JobConfig, Path | None], dict] | None = None
+    """evaluate(cfg, checkpoint) -> the held-out evaluation `rl eval` prints: of the policy in `checkpoint` (a run's
+    `checkpoints/step-N`), or with None of the model the config names (jobs that train a given model). None: the job
+    has no `rl eval`."""

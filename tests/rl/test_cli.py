@@ -34,3 +34,11 @@ def test_bench_envs_writes_reports(tmp_path):
     assert {r["system"] for r in data["rows"]} == {"raw envpool", "orchard (envpool)", "gymnasium SyncVectorEnv"}
     assert all(r["env_steps_per_s"] > 0 for r in data["rows"])
     assert "| system |" in (tmp_path / "envs.md").read_text()
+
+
+def test_eval_names_jobs_it_cannot_evaluate(tmp_path, capsys):
+    assert main(["eval", "configs/ippo_mpe_spread.yaml"]) == 2
+    assert "no evaluation for 'ippo' jobs (configs/ippo_mpe_spread.yaml)" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text("algo: ppo\n")  # a PPO run directory that never wrote a checkpoint
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "a PPO policy is evaluated from a run directory with a complete checkpoint" in capsys.readouterr().err

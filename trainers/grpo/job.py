@@ -9,4 +9,13 @@ def _run(cfg, run_dir):
     return train(cfg, run_dir)
 
 
-JOB = Job("grpo", GRPOConfig, _run, "GRPO-family RL fine-tuning of a causal LM (Dr. GRPO, DAPO variants)")
+def _evaluate(cfg, ckpt):
+    from trainers.grpo.evaluate import evaluate_model
+
+    if ckpt is not None:
+        cfg.model.path = str(ckpt / "model")
+    return evaluate_model(cfg)
+
+
+JOB = Job("grpo", GRPOConfig, _run, "GRPO-family RL fine-tuning of a causal LM (Dr. GRPO, DAPO variants)",
+          evaluate=_evaluate)

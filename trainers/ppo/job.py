@@ -9,4 +9,10 @@ def _run(cfg, run_dir):
     return train(cfg, run_dir)
 
 
-JOB = Job("ppo", PPOConfig, _run, "PPO on vectorised EnvPool / gymnasium envs (CleanRL style)")
+def _evaluate(cfg, ckpt):
+    from trainers.ppo.train import evaluate_checkpoint
+
+    return evaluate_checkpoint(cfg, ckpt)
+
+
+JOB = Job("ppo", PPOConfig, _run, "PPO on vectorised EnvPool / gymnasium envs (CleanRL style)", evaluate=_evaluate)

@@ -107,6 +107,41 @@ def evaluate(agent: Agent, obs_norm: ObsNormalizer, cfg: PPOConfig, seed: int, l
     return float(np.mean(returns[: cfg.eval_episodes]))
 
 
+def build_agent(cfg: PPOConfig, obs_dim: int, act_dim: int, continuous: bool):
+    """The agent and the two normalisers as `cfg` describes them (fresh)."""
+    agent = Agent(obs_dim, act_dim, cfg.hidden, continuous, cfg.init_log_std)
+    obs_norm = ObsNormalizer((obs_dim,), cfg.clip_obs, continuous if cfg.norm_obs is None else cfg.norm_obs)
+    reward_scale = RewardScaler(cfg.env.num_envs, cfg.gamma, cfg.clip_reward,
+                                continuous if cfg.norm_reward is None else cfg.norm_reward)
+    return agent, obs_norm, reward_scale
+
+
+def load_agent(state: dict, ckpt, agent: Agent, obs_norm: ObsNormalizer, reward_scale: RewardScaler) -> None:
+    """Restore the agent and normalisers from a checkpoint's state.pt (`ckpt`: its directory, for errors)."""
+    agent.load_state_dict(state["agent"])
+    for key, norm in (("norm_obs", obs_norm), ("norm_reward", reward_scale)):
+        saved = state.get(key, {"enabled": False})  # checkpoints from before the normalisers: both off
+        if saved["enabled"] != norm.enabled:
+            raise ConfigError(f"{key}: the checkpoint in {ckpt} was trained with {key}={saved['enabled']}, "
+                              f"this config resolves it to {norm.enabled}; use {key}={saved['enabled']}")
+        if norm.enabled:
+            norm.load_state_dict(saved)
+
+
+def evaluate_checkpoint(cfg: PPOConfig, ckpt) -> dict:
+    """`rl eval` of a PPO run: the greedy return of the checkpoint's agent on the held-out seed the run's own final
+    evaluation uses (so a finished run's last checkpoint gives its summary's eval/return_after)."""
+    if ckpt is None:
+        raise ConfigError("rl eval: a PPO policy is evaluated from a run directory with a complete checkpoint")
+    obs_dim, act_dim, low, high = env_spaces(cfg.env.name, cfg.seed)
+    agent, obs_norm, reward_scale = build_agent(cfg, obs_dim, act_dim, low is not None)
+    load_agent(torch.load(ckpt / "state.pt", weights_only=False), ckpt, agent, obs_norm, reward_scale)
+    t0 = time.time()
+    ret = evaluate(agent, obs_norm, cfg, cfg.seed + 10_000, low, high)
+    return {"algo": "ppo", "env": cfg.env.name, "checkpoint": str(ckpt), "policy": "greedy",
+            "episodes": cfg.eval_episodes, "seed": cfg.seed + 10_000, "eval/return": ret, "eval_time_s": time.time() - t0}
+
+
 def train(cfg: PPOConfig, run: RunDir) -> dict:
     t_start = time.time()
     seed_everything(cfg.seed)
@@ -117,25 +152,15 @@ def train(cfg: PPOConfig, run: RunDir) -> dict:
     iterations = max(1, cfg.total_timesteps // batch_size)
     obs_dim, act_dim, low, high = env_spaces(cfg.env.name, cfg.seed)
     continuous = low is not None
-    agent = Agent(obs_dim, act_dim, cfg.hidden, continuous, cfg.init_log_std)
+    agent, obs_norm, reward_scale = build_agent(cfg, obs_dim, act_dim, continuous)
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
-    obs_norm = ObsNormalizer((obs_dim,), cfg.clip_obs, continuous if cfg.norm_obs is None else cfg.norm_obs)
-    reward_scale = RewardScaler(cfg.env.num_envs, cfg.gamma, cfg.clip_reward,
-                                continuous if cfg.norm_reward is None else cfg.norm_reward)
 
     start, before = 0, None
     latest = run.latest_checkpoint()
     if latest is not None:
         state = torch.load(latest[1] / "state.pt", weights_only=False)
-        agent.load_state_dict(state["agent"])
+        load_agent(state, latest[1], agent, obs_norm, reward_scale)
         opt.load_state_dict(state["optimizer"])
-        for key, norm in (("norm_obs", obs_norm), ("norm_reward", reward_scale)):
-            saved = state.get(key, {"enabled": False})  # checkpoints from before the normalisers: both off
-            if saved["enabled"] != norm.enabled:
-                raise ConfigError(f"{key}: the checkpoint in {latest[1]} was trained with {key}={saved['enabled']}, "
-                                  f"this config resolves it to {norm.enabled}; resume with {key}={saved['enabled']}")
-            if norm.enabled:
-                norm.load_state_dict(saved)
         set_rng_state(state["rng"])
         start, before = state["iteration"], state["eval_before"]
         run.truncate_metrics(start)

@@ -9,4 +9,11 @@ def _run(cfg, run_dir):
     return train(cfg, run_dir)
 
 
-JOB = Job("sac", SACConfig, _run, "SAC on continuous-action envs; `workers: N` = APT asynchronous env workers (Ray)")
+def _evaluate(cfg, ckpt):
+    from trainers.sac.train import evaluate_checkpoint
+
+    return evaluate_checkpoint(cfg, ckpt)
+
+
+JOB = Job("sac", SACConfig, _run, "SAC on continuous-action envs; `workers: N` = APT asynchronous env workers (Ray)",
+          evaluate=_evaluate)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from envs.vector import EpisodeStats, action_bounds, make_vec_env
+from rl.errors import ConfigError
 from rl.progress import Tracker
 from rl.rundir import RunDir
 from rl.seeding import rng_state, seed_everything, set_rng_state
@@ -33,7 +34,7 @@ class SAC:
     """Networks, optimizers and the temperature; `update(batch)` is one CleanRL SAC iteration."""
 
     def __init__(self, obs_dim: int, act_dim: int, low: np.ndarray, high: np.ndarray, cfg: SACConfig):
-        self.cfg = cfg
+        self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
         self.actor = Actor(obs_dim, act_dim, cfg.hidden, low, high)
         self.qf1, self.qf2 = SoftQ(obs_dim, act_dim, cfg.hidden), SoftQ(obs_dim, act_dim, cfg.hidden)
         self.qf1_target, self.qf2_target = copy.deepcopy(self.qf1), copy.deepcopy(self.qf2)
@@ -132,16 +133,34 @@ def evaluate(actor: Actor, cfg: SACConfig, seed: int) -> float:
     return float(np.mean(returns[: cfg.eval_episodes]))
 
 
+def build_sac(cfg: SACConfig) -> SAC:
+    """A fresh SAC (actor, critics, optimizers) sized by the env's spaces."""
+    probe = make_vec_env(cfg.env.name, 1, cfg.seed)
+    obs_dim = int(np.prod(probe.single_observation_space.shape))
+    low, high = action_bounds(probe)
+    probe.close()
+    return SAC(obs_dim, len(low), low, high, cfg)
+
+
+def evaluate_checkpoint(cfg: SACConfig, ckpt) -> dict:
+    """`rl eval` of a SAC run: the deterministic return of the checkpoint's actor on the held-out seed the run's own
+    final evaluation uses (so a finished run's last checkpoint gives its summary's eval/return_after)."""
+    if ckpt is None:
+        raise ConfigError("rl eval: a SAC policy is evaluated from a run directory with a complete checkpoint")
+    sac = build_sac(cfg)
+    sac.load_state_dict(torch.load(ckpt / "state.pt", weights_only=False)["sac"])
+    t0 = time.time()
+    ret = evaluate(sac.actor, cfg, cfg.seed + 10_000)
+    return {"algo": "sac", "env": cfg.env.name, "checkpoint": str(ckpt), "policy": "deterministic",
+            "episodes": cfg.eval_episodes, "seed": cfg.seed + 10_000, "eval/return": ret, "eval_time_s": time.time() - t0}
+
+
 def train(cfg: SACConfig, run: RunDir) -> dict:
     t_start = time.time()
     seed_everything(cfg.seed)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    probe = make_vec_env(cfg.env.name, 1, cfg.seed)
-    obs_dim = int(np.prod(probe.single_observation_space.shape))
-    low, high = action_bounds(probe)
-    probe.close()
-    sac = SAC(obs_dim, len(low), low, high, cfg)
+    sac = build_sac(cfg)
     sample_rng = np.random.default_rng(cfg.seed)
     iterations = max(1, -(-cfg.total_timesteps // cfg.iteration_steps))
 
@@ -160,14 +179,14 @@ def train(cfg: SACConfig, run: RunDir) -> dict:
         run.log_metrics(0, {"eval/return": before}, tensorboard=cfg.log.tensorboard)
     log.info(f"deterministic return before training: {before:.1f}")
 
-    buffer = ReplayBuffer(cfg.buffer_size, obs_dim, len(low))
+    buffer = ReplayBuffer(cfg.buffer_size, sac.obs_dim, sac.act_dim)
     env_seed = cfg.seed * 1000 + start
     if cfg.workers == 0:
         collector = SyncCollector(cfg, env_seed)
     else:
         from trainers.sac.apt import AptCollector
 
-        collector = AptCollector(cfg, env_seed, obs_dim, len(low))
+        collector = AptCollector(cfg, env_seed, sac.obs_dim, sac.act_dim)
     t_loop = time.time()
     tracker = Tracker(run, iterations, start, show={"charts/episodic_return": "return", "charts/SPS": "SPS"},
                       progress=cfg.log.progress, tensorboard=cfg.log.tensorboard, every=cfg.log.every,

@@ -44,6 +44,10 @@ def test_train_changes_parameters_and_writes_complete_run_dir(tmp_path):
         assert all(key in r and r[key] is not None and math.isfinite(r[key]) for r in rows[1:]), key
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["steps"] == 3 and 0.0 <= saved["eval/accuracy_after"] <= 1.0 and saved == {**summary, **saved}
+    # rl eval of the run: the last checkpoint's model on the same held-out set
+    assert main(["eval", str(run_dir)]) == 0
+    ev = json.loads((run_dir / "eval.json").read_text())
+    assert ev["model"] == str(ckpt / "model") and ev["size"] == 16 and ev["eval/accuracy"] == saved["eval/accuracy_after"]
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):

@@ -68,7 +68,7 @@ def test_continuous_checkpoint_keeps_the_normalisers_and_resume_continues_them(t
 def test_resume_with_a_different_normaliser_setting_fails_naming_the_key(tmp_path):
     run_dir = tmp_path / "mismatch"
     launch("configs/ppo_pendulum.yaml", [*SMALL, "total_timesteps=128", f"run_dir={run_dir}"])
-    with pytest.raises(ConfigError, match=r"norm_obs: .*trained with norm_obs=True.*resume with norm_obs=True"):
+    with pytest.raises(ConfigError, match=r"norm_obs: .*trained with norm_obs=True.*use norm_obs=True"):
         launch(None, ["norm_obs=false", "total_timesteps=256"], resume=str(run_dir))
 
 

@@ -79,4 +79,9 @@ def test_ppo_cartpole_learns_and_resumes(tmp_path):
     assert main(["train", "--resume", str(run_dir), "total_timesteps=51200"]) == 0
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(0, 51))
-    assert json.loads((run_dir / "summary.json").read_text())["iterations"] == 50
+    final = json.loads((run_dir / "summary.json").read_text())
+    assert final["iterations"] == 50
+    # rl eval of the run: the last checkpoint's greedy policy on the run's own held-out seed gives its final return
+    assert main(["eval", str(run_dir)]) == 0
+    ev = json.loads((run_dir / "eval.json").read_text())
+    assert ev["checkpoint"].endswith("step-50") and ev["eval/return"] == final["eval/return_after"], (ev, final)

@@ -35,6 +35,10 @@ def test_sync_sac_learns_and_resumes(tmp_path):
     assert s2["iterations"] == 5 and s2["env_steps"] == 5000
     assert s2["updates"] == s["updates"] + 1000 - 500  # the refilled buffer waits for learning_starts again
     assert [r["step"] for r in _metrics(run_dir)] == list(range(0, 6))
+    # rl eval of the run: the last checkpoint's deterministic actor on the run's own held-out seed
+    assert main(["eval", str(run_dir)]) == 0
+    ev = json.loads((run_dir / "eval.json").read_text())
+    assert ev["checkpoint"].endswith("step-5") and ev["eval/return"] == s2["eval/return_after"], (ev, s2)
 
 
 @pytest.mark.slow
