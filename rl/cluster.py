@@ -2,9 +2,10 @@
 
 Locally, `rl train` starts Ray itself: no dashboard web UI unless `cluster.dashboard` (Ray still runs its job-API
 process), no auth token written under the home directory (`RAY_AUTH_MODE=disabled`), no usage stats, temp files
-under `cluster.temp_dir` (default `<tmp>/orchard-ray-<uid>`), and every port on 127.0.0.1 (`_loopback_only`). `cluster.address=auto` (or `host:port`) joins a
-running cluster instead (start one with `ray start --head` on the head node and `ray start --address=...` on the
-others); the model directory must then be readable at the same path on every node.
+under `cluster.temp_dir` (default `<tmp>/orchard-ray-<uid>`), and every port on 127.0.0.1 (`_loopback_only`).
+`cluster.address=auto` (or `host:port`) joins a running cluster instead (start one with `ray start --head` on the
+head node and `ray start --address=...` on the others); the model directory must then be readable at the same path
+on every node.
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """PPO for vector envs, CleanRL style (ppo.py; ppo_continuous_action.py for Box actions): read top to bottom.
 
 rollout (num_steps x num_envs) -> GAE -> update_epochs x minibatches of clipped PPO -> log/checkpoint.
+Our envs auto-reset on the step after an episode ends (envs/vector.py); that step is left out of the update
+(`minibatches`), since its action did nothing.
 The env's action space picks the policy head: Discrete -> Categorical over logits; Box -> diagonal Gaussian with
 a state-independent learnable log-std, sampled actions clipped to the bounds when stepping the env (the log-prob
 is of the unclipped sample, which is what the buffer keeps). Observations can be normalised and rewards scaled
@@ -107,6 +109,15 @@ def evaluate(agent: Agent, obs_norm: ObsNormalizer, cfg: PPOConfig, seed: int, l
     return float(np.mean(returns[: cfg.eval_episodes]))
 
 
+def minibatches(resets: torch.Tensor, num_minibatches: int) -> list[torch.Tensor]:
+    """One epoch's minibatches: a random permutation of the flat indices of the real transitions, split into
+    `num_minibatches` near-equal parts. `resets` ([T, N], 1 where the step is an auto-reset step: its env ended on the
+    previous step, so it ignored the action, gave reward 0 and returned the next episode's first observation) marks
+    what is left out: such a step is no transition of the MDP, and its action's advantage is noise."""
+    real = (resets.reshape(-1) == 0).nonzero().squeeze(1)
+    return list(torch.tensor_split(real[torch.randperm(len(real))], num_minibatches))
+
+
 def build_agent(cfg: PPOConfig, obs_dim: int, act_dim: int, continuous: bool):
     """The agent and the two normalisers as `cfg` describes them (fresh)."""
     agent = Agent(obs_dim, act_dim, cfg.hidden, continuous, cfg.init_log_std)
@@ -148,7 +159,6 @@ def train(cfg: PPOConfig, run: RunDir) -> dict:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     batch_size = cfg.env.num_envs * cfg.num_steps
-    minibatch = batch_size // cfg.num_minibatches
     iterations = max(1, cfg.total_timesteps // batch_size)
     obs_dim, act_dim, low, high = env_spaces(cfg.env.name, cfg.seed)
     continuous = low is not None
@@ -208,9 +218,7 @@ def train(cfg: PPOConfig, run: RunDir) -> dict:
             b_adv, b_ret, b_val = adv.reshape(-1), ret.reshape(-1), val_buf.reshape(-1)
             m: dict[str, float] = {}
             for _ in range(cfg.update_epochs):
-                perm = torch.randperm(batch_size)
-                for s in range(0, batch_size, minibatch):
-                    idx = perm[s:s + minibatch]
+                for idx in minibatches(done_buf, cfg.num_minibatches):  # done_buf[t]: step t auto-resets its env
                     _, new_logp, entropy, new_val = agent.act(b_obs[idx], b_act[idx])
                     pg, pm = ppo_policy_loss(new_logp, b_logp[idx], b_adv[idx], cfg.clip_coef)
                     v = value_loss(new_val, b_val[idx], b_ret[idx], cfg.clip_coef if cfg.clip_vloss else None)
@@ -221,7 +229,7 @@ def train(cfg: PPOConfig, run: RunDir) -> dict:
                     opt.step()
             m.update({"losses/policy_loss": pg.item(), "losses/value_loss": v.item(), "losses/entropy": entropy.mean().item(),
                       **pm, "charts/learning_rate": opt.param_groups[0]["lr"], "charts/SPS": batch_size / (time.time() - t0),
-                      "charts/global_step": it * batch_size})
+                      "charts/global_step": it * batch_size, "charts/autoreset_frac": done_buf.mean().item()})
             if continuous:
                 m["charts/action_std"] = agent.log_std.exp().mean().item()
             episodes = stats.pop()

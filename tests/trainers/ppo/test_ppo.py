@@ -68,6 +68,18 @@ def test_gae_matches_plain_loop():
     assert torch.allclose(ret, adv + v)
 
 
+def test_minibatches_leave_out_auto_reset_steps_and_split_evenly():
+    from trainers.ppo.train import minibatches
+
+    resets = torch.zeros(5, 3)  # [T, N]
+    resets[2, 0] = resets[4, 1] = resets[0, 2] = 1  # flat indices 6, 13, 2
+    torch.manual_seed(0)
+    parts = minibatches(resets, 4)
+    assert [len(p) for p in parts] == [3, 3, 3, 3]  # 15 - 3 real transitions, 4 near-equal parts
+    assert sorted(torch.cat(parts).tolist()) == [i for i in range(15) if i not in (2, 6, 13)]
+    assert [len(p) for p in minibatches(torch.zeros(2, 7), 4)] == [4, 4, 3, 3]
+
+
 @pytest.mark.slow
 def test_ppo_cartpole_learns_and_resumes(tmp_path):
     run_dir = tmp_path / "ppo"
@@ -79,6 +91,7 @@ def test_ppo_cartpole_learns_and_resumes(tmp_path):
     assert main(["train", "--resume", str(run_dir), "total_timesteps=51200"]) == 0
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(0, 51))
+    assert all(0 < r["charts/autoreset_frac"] < 0.1 for r in rows[1:5])  # episodes end; their next steps are left out
     final = json.loads((run_dir / "summary.json").read_text())
     assert final["iterations"] == 50
     # rl eval of the run: the last checkpoint's greedy policy on the run's own held-out seed gives its final return
