@@ -5,6 +5,7 @@ import contextlib
 import ipaddress
 import os
 import shutil
+import time
 
 import psutil
 import pytest
@@ -30,6 +31,7 @@ def test_local_ray_listens_on_loopback_only(fresh_home):
     if ray.is_initialized():
         ray.shutdown()
     flag = ray_constants.ENABLE_RAY_CLUSTER
+    t0 = time.time() - 1  # processes started from here on are this Ray's
     assert init_ray(ClusterConfig())
     try:
         @ray.remote(num_cpus=0)
@@ -39,7 +41,7 @@ def test_local_ray_listens_on_loopback_only(fresh_home):
         assert ray.get(where.remote()) == "127.0.0.1"  # a worker process is up and sees the loopback node too
         assert node_ip() == "127.0.0.1"
         assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
-        procs = psutil.Process().children(recursive=True)
+        procs = [p for p in psutil.Process().children(recursive=True) if p.create_time() >= t0]
         names = {p.name() for p in procs}
         assert {"gcs_server", "raylet"} <= names, names
         listening = [(p.name(), c.laddr.ip, c.laddr.port) for p in procs for c in p.net_connections("tcp")
@@ -68,7 +70,6 @@ def test_rl_train_joins_a_running_cluster(tmp_path):
     import subprocess
     import sys
     import tempfile
-    import time
     from pathlib import Path
 
     import ray

@@ -213,7 +213,10 @@ def test_in_process_trainer_leases_its_gpu_from_ray(model_dir):
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False)
+    from rl.cluster import _loopback_only
+
+    with _loopback_only():  # as rl train starts Ray, with two GPUs Ray is told about
+        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False)
     try:
         cfg = GRPOConfig.model_validate({"model": {"path": str(model_dir)},
                                          "cluster": {"gpus_per_trainer": 1, "gpus_per_worker": 1}})
