@@ -208,13 +208,12 @@ def test_in_process_trainer_leases_its_gpu_from_ray(model_dir):
     CUDA here, so the trainer itself stays on the CPU: what is tested is Ray's assignment)."""
     import ray
 
+    from rl.cluster import _loopback_only
     from trainers.grpo.config import GRPOConfig
     from trainers.grpo.ranks import InProcessTrainer
 
     if ray.is_initialized():
         ray.shutdown()
-    from rl.cluster import _loopback_only
-
     with _loopback_only():  # as rl train starts Ray, with two GPUs Ray is told about
         ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False)
     try:
