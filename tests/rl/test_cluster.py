@@ -31,7 +31,7 @@ def test_local_ray_listens_on_loopback_only(fresh_home):
     if ray.is_initialized():
         ray.shutdown()
     flag = ray_constants.ENABLE_RAY_CLUSTER
-    t0 = time.time() - 1  # processes started from here on are this Ray's
+    before = {p.pid for p in psutil.Process().children(recursive=True)}  # what is not this Ray's
     assert init_ray(ClusterConfig())
     try:
         @ray.remote(num_cpus=0)
@@ -41,7 +41,7 @@ def test_local_ray_listens_on_loopback_only(fresh_home):
         assert ray.get(where.remote()) == "127.0.0.1"  # a worker process is up and sees the loopback node too
         assert node_ip() == "127.0.0.1"
         assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
-        procs = [p for p in psutil.Process().children(recursive=True) if p.create_time() >= t0]
+        procs = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
         names = {p.name() for p in procs}
         assert {"gcs_server", "raylet"} <= names, names
         listening = [(p.name(), c.laddr.ip, c.laddr.port) for p in procs for c in p.net_connections("tcp")
