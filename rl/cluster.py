@@ -175,7 +175,6 @@ class GpuLease:
                 return [str(i) for i in ray.get_gpu_ids()]
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.gpus = gpus
         self.actor = _Holder.options(num_gpus=gpus, scheduling_strategy=here).remote()
         try:
             self.ids = ray.get(self.actor.ids.remote(), timeout=60)
