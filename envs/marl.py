@@ -78,6 +78,18 @@ def _switch_riddle(**kw):
     return SwitchRiddle(**{"num_agents": 3, **kw})
 
 
+# JaxMARL's own ids (what `jaxmarl.make` takes) name the same envs; coin_game and switch_riddle are spelt alike.
+JAXMARL_IDS = {"MPE_simple_spread_v3": "mpe_simple_spread", "MPE_simple_reference_v3": "mpe_simple_reference"}
+
+
+def canonical_marl_env(name: str) -> str:
+    """Our registered name for `name` (a JaxMARL id is accepted as an alias); unknown names raise KeyError with a
+    did-you-mean and the list of known names."""
+    name = JAXMARL_IDS.get(name, name)
+    MARL_ENVS.get(name)
+    return name
+
+
 def _max_episode_steps(env) -> int:
     """Longest episode of a JaxMARL env (used to size evaluation rollouts)."""
     if hasattr(env, "num_inner_steps"):  # coin game: outer x inner games
@@ -185,7 +197,9 @@ class MarlEnv:
 
 
 def make_marl_env(name: str, **overrides) -> MarlEnv:
-    """Build a registered env; unknown names raise KeyError with a did-you-mean and the list of known names."""
+    """Build a registered env (or a JaxMARL id of one); unknown names raise KeyError with a did-you-mean and the
+    list of known names."""
+    name = canonical_marl_env(name)
     env = MARL_ENVS.get(name)(**overrides)
     agents = env.agents
     spaces = {(tuple(env.observation_space(a).shape), int(env.action_space(a).n)) for a in agents}

@@ -59,7 +59,7 @@ class RewardOutput:
     valid: torch.Tensor  # [B] bool: False where a function failed on the sample (on_error="drop")
     per_fn: dict[str, torch.Tensor]  # name -> [B] float32 raw values, NaN for None and for failed samples
     metrics: dict[str, float]  # reward/<name>/{mean,dropped,time_s}, reward/none_frac/<name>,
-    #                            reward/{dropped,all_none,time_s}
+    #                            reward/{dropped,all_none,all_none_frac,time_s}
 
 
 @dataclass
@@ -379,6 +379,7 @@ def _combine(fns: list[_Fn], scores: dict[str, _Scores]) -> RewardOutput:
         metrics[f"reward/none_frac/{f.name}"] = (~present & ~failed).float().mean().item() if B else 0.0
     metrics["reward/dropped"] = float((~valid).sum())
     metrics["reward/all_none"] = float((valid & ~applicable).sum())
+    metrics["reward/all_none_frac"] = (~applicable).float().mean().item() if B else 0.0  # no number from any fn
     rewards = torch.where(valid, total, torch.full_like(total, math.nan))  # [B]
     return RewardOutput(rewards=rewards, valid=valid, per_fn=per_fn, metrics=metrics)
 

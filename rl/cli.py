@@ -173,7 +173,7 @@ def cmd_models(a: argparse.Namespace) -> None:
 
     if a.action == "list":
         for name in zoo.MODELS.names():
-            cached = zoo.cache_root() / f"{name}-seed0"
+            cached = zoo.cache_dir(name, a.seed)
             print(f"{name:16s} {'cached at ' + str(cached) if zoo.is_hf_model_dir(cached) else 'not built'}")
     elif a.action == "build":
         if not a.name:
@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("action", choices=["build", "list", "info"])
     m.add_argument("name", nargs="?", help="zoo model name (build) or a model directory / zoo name (info)")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--force", action="store_true", help="rebuild even if cached")
+    m.add_argument("--force", action="store_true", help="build again even if cached (the new model replaces the cached one "
+                                                        "only if it passes its check)")
 
     pl = sub.add_parser("plot", help="PNG learning curves of a run into RUN_DIR/plots")
     pl.add_argument("run_dir")

@@ -153,10 +153,29 @@ def validate(cls: type[BaseModel], tree: dict, source: str = "") -> BaseModel:
         raise ConfigError(format_validation_error(cls, err, source)) from None
 
 
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes that ship with Orchard (the `configs` package), by file name."""
+    import configs
+
+    return {f.name: f for f in sorted(Path(configs.__file__).parent.glob("*.yaml"))}
+
+
+def resolve_recipe(path: str | Path) -> Path:
+    """A YAML file as given or, when there is none, the shipped recipe of that name from any directory:
+    `configs/grpo_tiny.yaml`, `grpo_tiny.yaml` and `grpo_tiny` all name `grpo_tiny.yaml`."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    shipped = shipped_recipes()
+    name = p.name if p.suffix in (".yaml", ".yml") else p.name + ".yaml"
+    if (p.parent == Path(".") or p.parent.name == "configs") and name in shipped:
+        return shipped[name]
+    raise ConfigError(f"config file not found: {p}{did_you_mean(name, shipped)}; shipped recipes (usable from any "
+                      f"directory by name): {', '.join(n.removesuffix('.yaml') for n in shipped)}")
+
+
 def read_yaml(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+    p = resolve_recipe(path)
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:

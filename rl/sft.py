@@ -28,13 +28,29 @@ def encode_rows(tokenizer, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor
 
 
 def sft(model, tokenizer, rows: list[dict], steps: int, batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
-        warmup: int = 20, on_step=None) -> list[float]:
-    """Train in place; returns the loss per step. Cosine decay after a linear warm-up."""
+        warmup: int = 20, on_step=None, stop_below: float | None = None, cooldown: int = 0,
+        window: int = 50) -> list[float]:
+    """Train in place; returns the loss per step. Linear warm-up over `warmup` steps, then:
+    - `stop_below` None: cosine decay to 0 over `steps`;
+    - `stop_below` set: constant lr until the mean loss of the last `window` steps falls below it, then cosine decay
+      to 0 over `cooldown` more steps and stop. `steps` caps the whole run (the threshold may never be reached:
+      the caller checks the result). Small transformers learning arithmetic sit on a loss plateau for a number of
+      steps that varies with the seed and with float rounding; ending the constant phase on the loss rather than
+      on a step count makes the result independent of when the model leaves the plateau."""
     ids, attn, loss_mask = encode_rows(tokenizer, rows)
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / max(1, steps)))))
+    decay_from = [None]  # step at which the cool-down began (stop_below mode)
+
+    def schedule(s: int) -> float:
+        ramp = min(1.0, (s + 1) / warmup)
+        if stop_below is None:
+            return ramp * 0.5 * (1 + np.cos(np.pi * min(1.0, s / max(1, steps))))
+        if decay_from[0] is None:
+            return ramp
+        return ramp * 0.5 * (1 + np.cos(np.pi * min(1.0, (s - decay_from[0]) / max(1, cooldown))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     model.train()
     losses = []
     for _ in range(steps):
@@ -48,8 +64,13 @@ def sft(model, tokenizer, rows: list[dict], steps: int, batch_size: int = 64, lr
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        sched.step()
         losses.append(loss.item())
+        if stop_below is not None:
+            if decay_from[0] is None and len(losses) >= window and sum(losses[-window:]) / window < stop_below:
+                decay_from[0] = len(losses)
+            elif decay_from[0] is not None and len(losses) >= decay_from[0] + cooldown:
+                break
+        sched.step()
         if on_step is not None:
             on_step(len(losses), model)
     model.eval()

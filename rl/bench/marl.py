@@ -118,12 +118,11 @@ def plot_curves(env: str, curves: dict[str, dict], out: Path) -> Path:
 
 
 def run(a) -> dict:
-    from envs.marl import MARL_ENVS
+    from envs.marl import canonical_marl_env
 
     envs = [e.strip() for e in a.envs.split(",") if e.strip()]
     algos = [x.strip() for x in a.algos.split(",") if x.strip()]
-    for e in envs:
-        MARL_ENVS.get(e)  # unknown names fail here, before any training, with a did-you-mean
+    envs = [canonical_marl_env(e) for e in envs]  # JaxMARL ids too; unknown names fail here, before any training
     eval_envs = {make_config(algo, envs[0], a).eval_envs for algo in algos}.pop()  # unknown algos fail here too
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

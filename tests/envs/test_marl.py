@@ -83,6 +83,11 @@ def test_mpe_episodes_last_25_steps_like_mpe2():
     assert ends == [(24, 25), (49, 25)]
 
 
+def test_jaxmarl_ids_are_aliases():
+    env = make_marl_env("MPE_simple_spread_v3")
+    assert env.name == "mpe_simple_spread" and env.num_agents == 3
+
+
 def test_unknown_env_names_it_and_suggests():
     with pytest.raises(KeyError, match=r"unknown multi-agent env 'mpe_simple_sprad' \(did you mean 'mpe_simple_spread'\?\); known: "):
         make_marl_env("mpe_simple_sprad")

@@ -19,6 +19,19 @@ def test_configs_exist():
     assert any(p.name == "grpo_tiny.yaml" for p in CONFIGS)
 
 
+def test_shipped_recipes_resolve_by_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    for name in ("configs/grpo_tiny.yaml", "grpo_tiny.yaml", "grpo_tiny"):
+        assert load_config(name).max_steps == 80, name
+    (tmp_path / "grpo_tiny.yaml").write_text("algo: grpo\nmax_steps: 7\n")  # a file of the user's wins
+    assert load_config("grpo_tiny.yaml").max_steps == 7
+    with pytest.raises(ConfigError, match=r"config file not found: grpo_tinny\.yaml \(did you mean 'grpo_tiny\.yaml'\?\); "
+                                          r"shipped recipes .*dapo_tiny, dr_grpo_tiny, grpo_tiny"):
+        load_config("grpo_tinny.yaml")
+    with pytest.raises(ConfigError, match="config file not found: elsewhere/grpo_tiny.yaml"):
+        load_config("elsewhere/grpo_tiny.yaml")  # an explicit other directory is not silently replaced
+
+
 def test_dotted_overrides_are_applied_and_typed():
     cfg = load_config("configs/grpo_tiny.yaml", ["max_steps=50", "trainer.lr=3e-6", "rollout.engine=vllm", "seed=1",
                                                  "run_dir=runs/x"])

@@ -171,6 +171,10 @@ class GRPOConfig(JobConfig):
     """A reward call taking longer than this stops the job with an error naming the function."""
     on_reward_error: Literal["raise", "drop"] = "raise"
     """What a failing reward does: stop the job (raise) or drop the sample and count it in `reward/dropped`."""
+    reward_none_patience: int = Field(3, ge=0)
+    """Stop the job after this many consecutive steps in which no sample got a number from any reward function
+    (every function returned None: no learning signal). Each such step logs a warning and `reward/all_none_frac`
+    1.0. 0: never stop."""
     trainer: TrainerConfig = TrainerConfig()
     """Optimisation and loss."""
     eval: EvalConfig = EvalConfig()

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from rewards import RewardSet, RewardSpec
-from rl.errors import OrchardError
+from rl.errors import OrchardError, RewardError
 from rl.rundir import RunDir, atomic_write_text
 from rl.seeding import rng_state, seed_everything, set_rng_state
 from rl.zoo import resolve_model_path
@@ -65,6 +65,18 @@ def evaluate(engine, tok, rows: list[dict], cfg: GRPOConfig) -> dict:
     correct = (out.rewards > 0.5).float()
     return {"eval/accuracy": correct.mean().item(),
             "eval/response_len": sum(len(s.completion_ids) for s in samples) / len(samples)}
+
+
+def check_reward_signal(none_steps: int, step: int, names: list[str], samples: list[Sample], tok, patience: int) -> None:
+    """Warn about a step in which every reward function returned None for every sample; stop after `patience`."""
+    example = tok.decode(samples[0].completion_ids, skip_special_tokens=True) if samples else ""
+    what = (f"every reward function ({', '.join(names)}) returned None for all {len(samples)} samples of step {step} "
+            f"(e.g. completion {example[:60]!r})")
+    if patience and none_steps >= patience:
+        raise RewardError(f"{what}, {none_steps} steps in a row: no learning signal, so the job stops "
+                          f"(reward_none_patience={patience}; 0 never stops)")
+    log.warning(f"{what}: no learning signal this step ({none_steps} in a row; the job stops at "
+                f"reward_none_patience={patience})")
 
 
 # --- checkpoint --------------------------------------------------------------------------------------------------
@@ -224,6 +236,7 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float
         def has_signal(g) -> bool:  # DAPO dynamic sampling: a group whose rewards all agree teaches nothing
             return not bool(zero_std_groups(g.rewards, torch.zeros(G, dtype=torch.long), g.valid).all())
 
+        none_steps = 0  # consecutive steps in which no sample got a number from any reward function
         for step in range(start_step + 1, cfg.max_steps + 1):
             t0 = time.time()
             groups, m = ctrl.collect(step, accept=has_signal if t.dynamic_sampling else None,
@@ -243,6 +256,9 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float
                 for k in groups[0].reward_metrics:
                     vals = [g.reward_metrics[k] for g in groups if k in g.reward_metrics]
                     m[k] = sum(vals) / len(vals)
+                none_steps = none_steps + 1 if m.get("reward/all_none_frac", 0.0) >= 1.0 else 0
+                if none_steps:
+                    check_reward_signal(none_steps, step, reward_set.names, samples, tok, cfg.reward_none_patience)
             m["dynamic_sampling/groups"] = len(groups)
             if not groups:
                 m["dynamic_sampling/skipped_step"] = 1.0

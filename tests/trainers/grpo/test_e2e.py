@@ -147,3 +147,23 @@ def test_partial_rollouts_on_the_local_backend_are_reproducible_with_one_version
     for ra, rb in zip(a, b):
         for k in ("reward/mean", "loss/pg", "actor/grad_norm"):
             assert rb[k] == pytest.approx(ra[k], rel=1e-6, abs=1e-9), (ra["step"], k)
+
+
+def test_reward_that_is_always_none_warns_then_stops_the_job(tmp_path, capsys, caplog):
+    """A reward returning None for every sample gives no signal: each such step warns and logs
+    reward/all_none_frac 1.0, and the job stops with an error naming the function after reward_none_patience steps."""
+    import logging
+
+    user = tmp_path / "nones.py"
+    user.write_text("def never(prompts, completions, **kw):\n    return [None for _ in completions]\n")
+    run_dir = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="orchard"):
+        code = main(["train", "configs/grpo_tiny.yaml", *TINY, "max_steps=6", "reward_none_patience=2",
+                     f"reward={user}:never", f"run_dir={run_dir}", "log.tensorboard=false"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "every reward function (never) returned None" in err and "2 steps in a row" in err
+    assert "reward_none_patience=2" in err
+    assert any("1 in a row" in r.getMessage() for r in caplog.records)
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["reward/all_none_frac"] for r in rows if "reward/all_none_frac" in r] == [1.0]  # step 1, then stopped
