@@ -403,13 +403,14 @@ class RolloutController:
                 self._poll(None)
                 continue
             self.buffer.remove(g)
-            margins.append(self.sched.consume(g.deadline))
             consumed += 1
+            keep = need > 0 and (accept is None or accept(g)) and consumed <= budget
+            margins.append(self.sched.consume(g.deadline, into_batch=keep))
             if g.draw_id in self.consumed_ids:
                 self.stats["duplicates"] += 1
             self.consumed_ids.add(g.draw_id)
             self.stats["consumed"] += 1
-            if need > 0 and (accept is None or accept(g)) and consumed <= budget:
+            if keep:
                 taken.append(g)
             else:
                 rejected += 1

@@ -84,14 +84,16 @@ class StalenessScheduler:
         self.outstanding[deadline] += 1
         return after <= room - 1
 
-    def consume(self, deadline: int) -> int:
-        """Record one consumed group; returns its staleness margin (deadline - step >= 0 unless the bound broke)."""
+    def consume(self, deadline: int, into_batch: bool = True) -> int:
+        """Record one consumed group; returns its staleness margin (deadline - step >= 0 unless the bound broke).
+        `into_batch=False`: the trainer discarded it (DAPO's dynamic sampling): it leaves U but takes no place of
+        the step's P, so (*) gains slack and admission can replace it."""
         if self.outstanding[deadline] <= 0:
             raise RuntimeError(f"no outstanding group with deadline {deadline}")
         self.outstanding[deadline] -= 1
         if not self.outstanding[deadline]:
             del self.outstanding[deadline]
-        self.taken += 1
+        self.taken += into_batch
         return deadline - self.step
 
     def end_step(self) -> None:

@@ -24,6 +24,23 @@ def test_synchronous_when_max_staleness_is_zero():
     assert s.room(version=0) == 0 and s.room(version=1) == 2
 
 
+def test_a_discarded_group_frees_its_place_for_a_replacement():
+    """DAPO's dynamic sampling discards groups it consumed: they take no place of the step's P, so the synchronous
+    loop may admit replacements (a discarded group used to count as taken, leaving the trainer waiting on nothing)."""
+    s = StalenessScheduler(groups_per_step=2, max_staleness=0)
+    s.admit(2, version=0)
+    s.consume(1, into_batch=False)
+    assert s.room(version=0) == 1  # one replacement for the discarded group
+    s.consume(1)
+    assert s.room(version=0) == 1 and s.must_take() == 0
+    s.admit(1, version=0)
+    assert s.must_take() == 1
+    s.consume(1)
+    assert s.room(version=0) == 0  # the batch of 2 is full
+    s.end_step()
+    assert s.room(version=1) == 2
+
+
 def test_room_counts_groups_already_taken_this_step():
     """P=4, m=1: at version 0, collecting step 1, groups of deadline 2 may fill steps 1 and 2 (8 places)."""
     s = StalenessScheduler(groups_per_step=4, max_staleness=1)

@@ -167,3 +167,19 @@ def test_reward_that_is_always_none_warns_then_stops_the_job(tmp_path, capsys, c
     assert any("1 in a row" in r.getMessage() for r in caplog.records)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["reward/all_none_frac"] for r in rows if "reward/all_none_frac" in r] == [1.0]  # step 1, then stopped
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_dynamic_sampling_replaces_discarded_groups_synchronously(tmp_path, backend):
+    """DAPO's dynamic sampling at max_staleness 0: with exact match alone random-3m scores 0 everywhere, so every
+    group is discarded; each step consumes P x (1 + max_resample_rounds) groups, then skips its update. (Discarded
+    groups used to count against the step's batch, so the synchronous loop stopped at step 1 with 'waiting for
+    groups but nothing is in flight'.)"""
+    run_dir = tmp_path / "run"
+    launch("configs/dapo_tiny.yaml", [*TINY, "reward=exact_match", "max_steps=2", "trainer.max_resample_rounds=1",
+                                      f"cluster.backend={backend}", f"run_dir={run_dir}", "log.tensorboard=false"])
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]
+    assert [r["dynamic_sampling/skipped_step"] for r in rows] == [1.0, 1.0]
+    assert [r["rollout/groups_rejected"] for r in rows] == [8, 8]
+    ledger = json.loads((run_dir / "summary.json").read_text())["rollout_ledger"]
+    assert ledger["draws"] == ledger["consumed"] == 16 and ledger["duplicates"] == 0
