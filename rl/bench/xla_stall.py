@@ -4,7 +4,7 @@
         [--python /tmp/jax09/bin/python] [--label NAME] [--out bench_results/xla_stall] [--stacks 1]
 
 Each run is a fresh child process (`--child`) that builds the jitted calls exactly as an `rl bench marl` pair /
-an `rl train` MARL job does (trainers/marl/job.py: `jit(vmap(init))`, `jit(vmap(evaluate))`, one
+an `rl train` MARL job does (trainers/marl/job.py: `jit(init_seeds)`, `jit(vmap(evaluate))`, one
 `jit(vmap(segment))` of `--segment-updates` PPO updates lowered and compiled for the vmapped `RunnerState`), with
 rl bench marl's defaults (mpe_simple_spread, 8 seeds vmapped, 16 envs per seed, 128 steps per rollout, 10 updates
 per segment), and calls the segment `--segments` times. The parent watches the child's CPU time: a child whose
@@ -51,9 +51,9 @@ def child(a: argparse.Namespace) -> None:
     keys = seed_keys(cfg.seed, cfg.num_seeds)
     k_init, k_eval = jax.vmap(split_seed_key)(keys)
     evaluate = jax.jit(jax.vmap(trainer.evaluate))
-    if a.init == "map":  # one seed at a time inside the call: no batched LAPACK call
-        runner = jax.jit(lambda k: jax.lax.map(trainer.init, k))(k_init)
-    else:  # as trainers/marl/job.py
+    if a.init == "map":  # as trainers/marl/job.py: one seed at a time (lax.map), no batched LAPACK call
+        runner = jax.jit(trainer.init_seeds)(k_init)
+    else:  # what job.py did before: batched QRs in the orthogonal init
         runner = jax.jit(jax.vmap(trainer.init))(k_init)
     mark("init", jax=jax.__version__, devices=len(jax.devices()))
     ret0 = np.asarray(evaluate(runner.params, k_eval))
@@ -196,8 +196,9 @@ def main(argv=None) -> None:
     p.add_argument("--segment-updates", type=int, default=10)
     p.add_argument("--segments", type=int, default=4, help="segment calls per run")
     p.add_argument("--donate", action="store_true", help="donate the RunnerState to the segment call")
-    p.add_argument("--init", choices=["vmap", "map"], default="vmap",
-                   help="how the seeds' init is batched: jax.vmap (as trainers/marl/job.py) or jax.lax.map")
+    p.add_argument("--init", choices=["vmap", "map"], default="map",
+                   help="how the seeds' init is batched: jax.lax.map (MarlTrainer.init_seeds, as trainers/marl/job.py) "
+                        "or jax.vmap (before; deadlocks with jaxlib 0.10.x)")
     a = p.parse_args(argv)
     if a.child:
         a.algo = a.algo.strip()
@@ -209,7 +210,7 @@ def main(argv=None) -> None:
     extra = dict(kv.split("=", 1) for kv in a.env_var)
     for k, v in extra.items():
         env[k] = v  # rl/_xla.py appends its YNN flag to a given XLA_FLAGS
-    label = a.label or " ".join([*a.env_var, *([f"cpus={a.cpus}"] if a.cpus else []), *(["donate"] if a.donate else []), *([f"init={a.init}"] if a.init != "vmap" else []),
+    label = a.label or " ".join([*a.env_var, *([f"cpus={a.cpus}"] if a.cpus else []), *(["donate"] if a.donate else []), f"init={a.init}",
                                  *([f"python={a.python}"] if a.python != sys.executable else [])]) or "current settings"
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
