@@ -12,7 +12,8 @@ CPU time advances by less than `--min-cpu` seconds in `--stall-s` seconds (an id
 `--timeout` seconds, is a hang. For the first `--stacks` hangs of an invocation, `py-spy dump --native` (and gdb's
 `thread apply all bt`) of the hung child are saved next to the report before it is killed.
 
-Not a test (hang rates and speeds are measurements, not pass/fail): each invocation writes `<label>.json` and
+The deadlock of issue 14 (rl/_xla.py) shows fastest with `--seeds 2 --segments 1 --init vmap` on jaxlib 0.10.2
+(`rl bench marl --seeds 2`; it hangs in the init, before the first segment). Not a test (hang rates and speeds are measurements, not pass/fail): each invocation writes `<label>.json` and
 rewrites `xla_stall.md`, the table of every configuration measured so far in `--out` (hangs / N per algo,
 env-steps/s of the healthy runs' training segments, and where the hangs happened).
 """
@@ -64,11 +65,12 @@ def child(a: argparse.Namespace) -> None:
     mark("compile")
     steps = cfg.num_seeds * n * trainer.env_steps_per_update
     for i in range(a.segments):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         runner, metrics = fn(runner)
         metrics = jax.tree.map(np.asarray, metrics)
-        dt = time.perf_counter() - t0
-        mark(f"segment {i + 1}", dt=dt, sps=steps / dt, ret=float(np.nanmean(metrics["return"])))
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        mark(f"segment {i + 1}", dt=dt, sps=steps / dt, steps_per_cpu_s=steps / cpu,
+             ret=float(np.nanmean(metrics["return"])))
     mark("done")
 
 
@@ -135,9 +137,11 @@ def run_one(a: argparse.Namespace, algo: str, env: dict, stack_path: Path | None
                 pass
     phases = [m["phase"] for m in marks]
     sps = [m["sps"] for m in marks if "sps" in m][1:]  # the first segment call can include one-time work
+    per_cpu = [m["steps_per_cpu_s"] for m in marks if "steps_per_cpu_s" in m][1:]
     r = {"algo": algo, "hang": verdict is not None, "verdict": verdict or ("ok" if "done" in phases else "error"),
          "returncode": proc.returncode, "wall_s": round(wall, 1), "cpu_s": round(last_cpu, 1),
          "last_phase": phases[-1] if phases else None, "sps": sum(sps) / len(sps) if sps else None,
+         "steps_per_cpu_s": sum(per_cpu) / len(per_cpu) if per_cpu else None,
          "jax": next((m["jax"] for m in marks if "jax" in m), None), "stack": stack}
     if r["verdict"] == "error":
         r["tail"] = out[-3000:]
@@ -225,7 +229,8 @@ def main(argv=None) -> None:
                 stacks_left -= 1
             results.append(r)
             print(f"  {i + 1:2d} {algo}: {r['verdict']:7s} {r['wall_s']:5.1f} s  cpu {r['cpu_s']:5.1f} s  "
-                  f"last {r['last_phase']}  " + (f"{r['sps']:,.0f} env-steps/s" if r["sps"] else "")
+                  f"last {r['last_phase']}  " + (f"{r['sps']:,.0f} env-steps/s, {r['steps_per_cpu_s']:,.0f} per CPU-s"
+                                                 if r["sps"] else "")
                   + (f"\n{r['tail']}" if r.get("tail") else ""), flush=True)
     summary = {algo: summarize(results, algo) for algo in algos}
     jax_v = next((r["jax"] for r in results if r["jax"]), "?")
