@@ -39,8 +39,10 @@ def test_marl_envs_turn_off_cpu_async_dispatch():
 @pytest.mark.jax  # in a watched child (tests/conftest.py): a deadlocked call fails the test as a stall, no timer here
 def test_concurrent_batched_lapack_calls_do_not_deadlock():
     # jaxlib 0.10.0-0.10.2 deadlock XLA:CPU's intra-op pool when independent batched LAPACK kernels (here QR, as in
-    # flax's orthogonal init vmapped over seeds) run at once on every pool thread; on 2 CPUs this program hung in
-    # each of 3 runs of 20 calls with jaxlib 0.10.2 (rl/_xla.py). The pinned jaxlib has no such wait.
+    # flax's orthogonal init vmapped over seeds) run at once on every pool thread. With jaxlib 0.10.2 on 2 CPUs this
+    # program did not get through its 20 calls in any of 4 tries (3 reproducer runs: a call over 20 s against
+    # milliseconds; one run of this test killed after 400 s, still using some CPU, so pytest's timeout rather than
+    # the stall watchdog ends it there). The pinned jaxlib has no such wait (rl/_xla.py).
     import jax
 
     from rl.bench.xla_repro import concurrent_batched_qr
