@@ -116,9 +116,10 @@ def _watch_stalls(config: str | None, overrides: list[str], resume: str | None) 
 def _train_watched(config: str | None, overrides: list[str], resume: str | None) -> int:
     """Run the job in a child `rl train` watched for CPU stalls (XLA:CPU deadlocks, rl/watchdog.py); after a stall
     it is killed and continued with `rl train --resume` from its last checkpoint (from the start if it had none).
-    ORCHARD_STALL_S (default 120) and ORCHARD_STALL_RETRIES (default 5) tune it."""
+    ORCHARD_STALL_S (default 30) and ORCHARD_STALL_RETRIES (default 5) tune it. The restarts needed are printed at
+    the end and stored as `stall_restarts` in the run's summary.json."""
     from rl.config import load_config
-    from rl.rundir import default_run_dir
+    from rl.rundir import atomic_write_text, default_run_dir
     from rl.watchdog import StalledError, rl_train_attempts, run_watched
 
     if resume:
@@ -128,15 +129,19 @@ def _train_watched(config: str | None, overrides: list[str], resume: str | None)
         run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg.algo)
         overrides = [*overrides, f"run_dir={run_dir}"]
     first = ["--resume", str(run_dir), *overrides] if resume else [*([config] if config else []), *overrides]
-    stall_s = float(os.environ.get("ORCHARD_STALL_S", "120"))
+    stall_s = float(os.environ.get("ORCHARD_STALL_S", "30"))
     try:
         w = run_watched(rl_train_attempts(run_dir, first), label=f"rl train {run_dir}", stall_s=stall_s,
                         retries=int(os.environ.get("ORCHARD_STALL_RETRIES", "5")), echo=True)
     except StalledError as e:
         raise OrchardError(f"{e}; the run's complete checkpoints are intact: `rl train --resume {run_dir}`") from None
-    if w.stalls:
-        print(f"rl train: {run_dir} finished after {w.stalls} restart(s) from its last checkpoint (XLA:CPU stall)",
-              file=sys.stderr)
+    summary = run_dir / "summary.json"
+    if w.returncode == 0 and summary.is_file():  # the job's summary also says how many reruns it took
+        s = json.loads(summary.read_text())
+        s["stall_restarts"] = w.stalls
+        atomic_write_text(summary, json.dumps(s, indent=2))
+    print(f"rl train: {run_dir} finished after {w.stalls} restart(s) from its last checkpoint (XLA:CPU stalls; "
+          f"0 is the healthy case)", file=sys.stderr)
     return w.returncode
 
 

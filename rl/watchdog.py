@@ -1,8 +1,9 @@
 """Run a command in a child process and rerun it if it stalls: no CPU progress for `stall_s` seconds.
 
-Why: XLA:CPU (jaxlib 0.10.x) sometimes deadlocks inside a jitted call, the process waiting forever with every
-thread idle (rl/_xla.py has the measurements). We could not find a setting that removes it, so the JAX
-benchmarks (and the JAX tests, through tests/conftest.py) run in watched children. The watchdog looks at CPU
+Why: XLA:CPU deadlocked inside jitted calls, the process waiting forever with every thread idle: jaxlib 0.10.x's
+batched LAPACK kernels starve its thread pool (rl/_xla.py has the stacks, the measurements and the fix: jaxlib
+0.9.2 pinned, our MARL init without batched QRs). A healthy run never needs a rerun now; the JAX benchmarks (and
+the JAX tests, through tests/conftest.py) still run in watched children as a safety net. The watchdog looks at CPU
 progress, not wall time: a slow but working child (~1 CPU-second per second) is never killed, a deadlocked one
 (a few ms per second of idle wake-ups) is killed after `stall_s`.
 """

@@ -10,9 +10,10 @@ for k, v in {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_ENABLE_V1_MULTIPROCESSING": "0
 
 
 # --- JAX tests run in a watched child process -------------------------------------------------------------------------
-# XLA:CPU (jaxlib 0.10.x) sometimes deadlocks in a jitted call (rl/_xla.py, rl/watchdog.py): a test marked `jax` is
-# run by a child pytest that the watchdog kills and reruns (at most twice) when its CPU time stops advancing, so a
-# deadlock costs a minute instead of CI's whole budget. A real failure in the child fails the test with its output.
+# XLA:CPU deadlocked in jitted calls with jaxlib 0.10.x (rl/_xla.py, rl/watchdog.py): a test marked `jax` is run by
+# a child pytest that the watchdog kills and reruns (at most twice) when its CPU time stops advancing for 30 s, so a
+# deadlock costs seconds instead of CI's whole budget, and a test that deadlocks every time fails (StalledError).
+# A real failure in the child fails the test with its output; a rerun is printed.
 import sys  # noqa: E402
 
 import pytest  # noqa: E402
@@ -27,7 +28,7 @@ def pytest_pyfunc_call(pyfuncitem):
 
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--no-header", pyfuncitem.nodeid]
     try:
-        w = run_watched(cmd, label=pyfuncitem.nodeid, stall_s=60, retries=2, env={**os.environ, IN_CHILD: "1"},
+        w = run_watched(cmd, label=pyfuncitem.nodeid, stall_s=30, retries=2, env={**os.environ, IN_CHILD: "1"},
                         cwd=str(ROOT))
     except StalledError as e:
         pytest.fail(str(e), pytrace=False)

@@ -196,7 +196,7 @@ def _ippo_stepper(num_seeds: int, updates: int):
 
     cfg = IPPOConfig(env={"name": "mpe_simple_spread", "num_envs": 16}, num_steps=128)
     trainer = make_trainer(cfg)
-    runner = jax.jit(jax.vmap(trainer.init))(seed_keys(0, num_seeds))
+    runner = jax.jit(trainer.init_seeds)(seed_keys(0, num_seeds))
     segment = jax.jit(jax.vmap(lambda r: trainer.segment(r, updates))).lower(runner).compile()
     box = {"runner": runner}
 

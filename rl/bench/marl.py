@@ -36,7 +36,7 @@ def add_arguments(p) -> None:
                    help=f"env steps per seed for every env (default per env: {BUDGETS}, else 200000)")
     p.add_argument("--num-envs", type=int, default=16, help="parallel envs per seed")
     p.add_argument("--num-steps", type=int, default=128, help="rollout length per PPO update")
-    p.add_argument("--stall-s", type=float, default=60.0,
+    p.add_argument("--stall-s", type=float, default=30.0,
                    help="kill a pair's process when its CPU time has not advanced for this long (an XLA deadlock)")
     p.add_argument("--retries", type=int, default=5, help="times a stalled pair is resumed (each resume keeps its progress)")
     p.add_argument("--segment-updates", type=int, default=10,
@@ -134,10 +134,13 @@ def run(a) -> dict:
             row, curves[env][algo] = run_pair_watched(algo, env, a)
             rows.append(row)
             print(f"{env} {algo}: return {row['return_initial']:.3f} -> {row['return_final_mean']:.3f} "
-                  f"+- {row['return_final_std']:.3f}  {row['env_steps_per_s']:.0f} env-steps/s  {row['wall_s']:.0f} s",
+                  f"+- {row['return_final_std']:.3f}  {row['env_steps_per_s']:.0f} env-steps/s  {row['wall_s']:.0f} s  "
+                  f"{row['stalls']} rerun(s)",
                   flush=True)
         plots.append(str(plot_curves(env, curves[env], out)))
     total_s = time.perf_counter() - t0
+    print(f"rl bench marl: {sum(r['stalls'] for r in rows)} rerun(s) after XLA:CPU stalls in all (column `stalls`)",
+          flush=True)
     notes = (f"Returns: mean per-agent return of the sampled policy over {eval_envs} episodes per seed, before and after "
              f"training; final mean/std/min/max across {a.seeds} seeds. env_steps_per_s counts one step of every agent "
              f"as one env step, all seeds together, training segments only. Total wall time {total_s:.0f} s"

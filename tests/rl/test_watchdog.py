@@ -65,3 +65,4 @@ def test_rl_train_marl_job_stopped_mid_run_is_resumed_from_its_checkpoint(tmp_pa
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["updates"] == 200 and (run_dir / "checkpoints" / "step-200" / "COMPLETE").exists()
+    assert summary["stall_restarts"] == 1  # the rerun count the watching `rl train` adds to the job's summary

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 PROGRAM = """
 import envs  # our package: must set XLA_FLAGS before JAX starts its CPU backend
 import jax, jax.numpy as jnp
@@ -32,3 +34,20 @@ def test_marl_envs_turn_off_cpu_async_dispatch():
     program = "import envs.marl, jax; print(jax.config.read('jax_cpu_enable_async_dispatch'))"
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.jax  # in a watched child (tests/conftest.py): a deadlocked call fails the test as a stall, no timer here
+def test_concurrent_batched_lapack_calls_do_not_deadlock():
+    # jaxlib 0.10.0-0.10.2 deadlock XLA:CPU's intra-op pool when independent batched LAPACK kernels (here QR, as in
+    # flax's orthogonal init vmapped over seeds) run at once on every pool thread. With jaxlib 0.10.2 on 2 CPUs this
+    # program did not get through its 20 calls in any of 4 tries (3 reproducer runs: a call over 20 s against
+    # milliseconds; one run of this test killed after 400 s, still using some CPU, so pytest's timeout rather than
+    # the stall watchdog ends it there). The pinned jaxlib has no such wait (rl/_xla.py).
+    import jax
+
+    from rl.bench.xla_repro import concurrent_batched_qr
+
+    f = concurrent_batched_qr(ops=4 * len(os.sched_getaffinity(0)), batch=8, size=128)
+    for i in range(20):
+        out = jax.block_until_ready(f(jax.random.PRNGKey(i)))
+        assert all(bool(jax.numpy.isfinite(x)) for x in out)

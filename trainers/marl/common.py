@@ -133,6 +133,12 @@ class MarlTrainer:
                   "critic": self.critic.init(k_critic, self.critic_input(obs)[0, 0])}
         return RunnerState(params, self.optimizer.init(params), env_state, obs, rng, jnp.zeros((), jnp.int32))
 
+    def init_seeds(self, rngs: jax.Array) -> RunnerState:
+        """[S, 2] keys -> the RunnerState of S seeds (every leaf [S, ...]); the same numbers as `jax.vmap(init)`.
+        One seed at a time (`lax.map`): a vmapped init batches the orthogonal initializer's QRs, and jaxlib 0.10.x's
+        batched LAPACK kernels deadlock XLA:CPU's thread pool when several run at once (rl/_xla.py)."""
+        return jax.lax.map(self.init, rngs)
+
     # --- one PPO update -------------------------------------------------------------------------------------------
     def update(self, runner: RunnerState, _=None) -> tuple[RunnerState, dict]:
         cfg, env = self.cfg, self.env

@@ -46,7 +46,7 @@ def train(cfg: MarlConfig, run: RunDir) -> dict:
     keys = seed_keys(cfg.seed, cfg.num_seeds)  # [S, 2]
     k_init, k_eval = jax.vmap(split_seed_key)(keys)  # [S, 2] each
     evaluate = jax.jit(jax.vmap(trainer.evaluate))
-    runner = jax.jit(jax.vmap(trainer.init))(k_init)  # RunnerState, every leaf [S, ...]
+    runner = jax.jit(trainer.init_seeds)(k_init)  # RunnerState, every leaf [S, ...]
 
     start, return_initial = 0, None
     latest = run.latest_checkpoint()
