@@ -94,6 +94,7 @@ class RolloutController:
         self.queue: deque[Task] = deque()  # admitted tasks waiting for a worker (re-queued ones first)
         self.pending: deque[tuple[int, list[int], list[int]]] = deque()  # (task_id, prompts, draw ids) from a checkpoint
         self.inflight: dict[int, Task] = {}  # task_id -> task on a worker
+        self.admit_limit: int | None = None  # groups that may still be admitted in this collect (dynamic sampling)
         self.buffer: list[Group] = []  # finished, scored, not yet consumed
         self.calls: dict = {}  # handle -> (kind, worker, incarnation, payload)
         self.incarnation = [0] * pool.n
@@ -243,6 +244,8 @@ class RolloutController:
         if self.version + 1 > self.last_step:  # no step left that could train on it
             return None
         room = self.sched.room(self.version)
+        if self.admit_limit is not None:
+            room = min(room, self.admit_limit)
         if room <= 0:
             return None
         if self.pending:
@@ -261,6 +264,8 @@ class RolloutController:
             draws = list(range(self.next_draw_id, self.next_draw_id + n))
             self.next_draw_id += n
             self.stats["draws"] += n
+        if self.admit_limit is not None:
+            self.admit_limit -= len(prompts)
         deadline = self.sched.admit(len(prompts), self.version)
         seed = (self.seed * 1_000_003 + task_id * 7919 + draws[0]) % 2**31
         return Task(task_id, prompts, draws, deadline, seed, self.version)
@@ -393,6 +398,8 @@ class RolloutController:
             must = self.sched.must_take()
             if (need <= 0 or consumed >= budget) and must == 0:
                 break
+            if accept is not None:  # discarded groups are replaced, but never beyond the step's budget
+                self.admit_limit = max(0, budget - consumed - self.sched.n_outstanding)
             self.pump()
             self._poll(0)
             g = self._eligible(need)
@@ -415,6 +422,7 @@ class RolloutController:
             else:
                 rejected += 1
         self.sched.end_step()
+        self.admit_limit = None
         self.pump()  # with max_staleness > 0, keep generating while the trainer updates
         acc, self._step_acc = self._step_acc, self._fresh_acc()
         m = {"rollout/groups": len(taken), "rollout/groups_rejected": rejected,
