@@ -119,7 +119,7 @@ def _train_watched(config: str | None, overrides: list[str], resume: str | None)
     ORCHARD_STALL_S (default 30) and ORCHARD_STALL_RETRIES (default 5) tune it. The restarts needed are printed at
     the end and stored as `stall_restarts` in the run's summary.json."""
     from rl.config import load_config
-    from rl.rundir import atomic_write_text, default_run_dir
+    from rl.rundir import RunDir, default_run_dir
     from rl.watchdog import StalledError, rl_train_attempts, run_watched
 
     if resume:
@@ -135,11 +135,9 @@ def _train_watched(config: str | None, overrides: list[str], resume: str | None)
                         retries=int(os.environ.get("ORCHARD_STALL_RETRIES", "5")), echo=True)
     except StalledError as e:
         raise OrchardError(f"{e}; the run's complete checkpoints are intact: `rl train --resume {run_dir}`") from None
-    summary = run_dir / "summary.json"
-    if w.returncode == 0 and summary.is_file():  # the job's summary also says how many reruns it took
-        s = json.loads(summary.read_text())
-        s["stall_restarts"] = w.stalls
-        atomic_write_text(summary, json.dumps(s, indent=2))
+    if w.returncode == 0 and (run_dir / "summary.json").is_file():  # the job's summary also says how many reruns it took
+        run = RunDir(run_dir)
+        run.write_summary({**run.read_summary(), "stall_restarts": w.stalls})
     print(f"rl train: {run_dir} finished after {w.stalls} restart(s) from its last checkpoint (XLA:CPU stalls; "
           f"0 is the healthy case)", file=sys.stderr)
     return w.returncode

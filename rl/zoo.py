@@ -74,14 +74,16 @@ ARCHS: dict[str, ArchSpec] = {
 
 @dataclass(frozen=True)
 class ZooModel:
-    """A buildable model: `build(out_dir, seed)` writes an HF model directory. `recipe` holds everything the result
-    depends on (bump its `version` when the builder's code changes what it builds): its hash is part of the cache
-    key, so a changed recipe builds a new model instead of reusing a stale one. `check(out_dir, seed) -> dict`, if
-    given, measures the built model and raises ZooBuildError when it is outside its stated band."""
+    """A buildable model: `build(out_dir, seed) -> dict | None` writes an HF model directory and returns its build
+    record. `recipe` holds everything the result depends on (bump its `version` when the builder's code changes what
+    it builds): its hash is part of the cache key, so a changed recipe builds a new model instead of reusing a stale
+    one. `check(out_dir, seed, record) -> dict`, if given, measures the built model, returns the figures to add to
+    the record, and raises ZooBuildError when it is outside its stated band. `build()` writes the record once, as
+    the model directory's zoo.json."""
 
-    build: Callable[[Path, int], None]
+    build: Callable[[Path, int], dict | None]
     recipe: dict
-    check: Callable[[Path, int], dict] | None = None
+    check: Callable[[Path, int, dict], dict] | None = None
 
     @property
     def recipe_hash(self) -> str:
@@ -140,7 +142,7 @@ def noisy_teacher(rows: list[dict], error_rate: float, seed: int) -> list[dict]:
     return out
 
 
-def build_tiny_arith(out_dir: Path, seed: int) -> None:
+def build_tiny_arith(out_dir: Path, seed: int) -> dict:
     """The default policy: `random-3m` warm-started by a short supervised run on two-digit addition (train split
     only) with labels from a noisy teacher that often forgets the units carry. It is partly competent: the right
     answer is in its distribution but often not its mode, as with pretrained LLMs before RL with a verifier."""
@@ -167,9 +169,8 @@ def build_tiny_arith(out_dir: Path, seed: int) -> None:
         torch.set_num_threads(threads)
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
-    info = {"name": "tiny-arith", "seed": seed, "sft": s, "sft_steps": len(losses),
-            "final_sft_loss": sum(losses[-20:]) / 20, "build_s": time.time() - t0, "torch_threads": 1}
-    (out_dir / "zoo.json").write_text(json.dumps(info, indent=2))
+    return {"sft_steps": len(losses), "final_sft_loss": sum(losses[-20:]) / 20, "build_s": time.time() - t0,
+            "torch_threads": 1}
 
 
 def held_out_quality(model_dir: Path, dataset: str, problems: int, k: int, max_new_tokens: int = 16) -> dict:
@@ -200,23 +201,19 @@ def held_out_quality(model_dir: Path, dataset: str, problems: int, k: int, max_n
             f"pass@{k}": sum(any(h) for h in per_problem) / len(rows), "sample_accuracy": sum(sampled) / len(sampled)}
 
 
-def check_tiny_arith(out_dir: Path, seed: int) -> dict:
-    """Measure the warm start on held-out problems, record it in zoo.json, and refuse a model outside the band."""
+def check_tiny_arith(out_dir: Path, seed: int, record: dict) -> dict:
+    """Measure the warm start on held-out problems (-> zoo.json's `held_out`) and refuse a model outside the band."""
     b = TINY_ARITH_BAND
     q = held_out_quality(out_dir, "arithmetic", b["problems"], b["k"])
-    zoo_json = out_dir / "zoo.json"
-    info = json.loads(zoo_json.read_text()) if zoo_json.exists() else {}
-    info.update({"held_out": q, "band": b})
-    zoo_json.write_text(json.dumps(info, indent=2))
     g, p = q["greedy_accuracy"], q[f"pass@{b['k']}"]
     if not (b["greedy_min"] <= g <= b["greedy_max"] and p >= b["pass_at_k_min"]):
         raise ZooBuildError(
             f"zoo model 'tiny-arith' (seed {seed}) built outside its band: greedy held-out accuracy {g:.3f} (expected "
             f"{b['greedy_min']:.2f}-{b['greedy_max']:.2f}), pass@{b['k']} {p:.3f} (expected >= {b['pass_at_k_min']:.2f}) "
-            f"on {q['problems']} held-out problems; final SFT loss {info.get('final_sft_loss', float('nan')):.3f}. The model was not "
+            f"on {q['problems']} held-out problems; final SFT loss {record.get('final_sft_loss', float('nan')):.3f}. The model was not "
             f"cached. This is a bug in the warm-start recipe (rl/zoo.py TINY_ARITH_SFT): please report it with "
             f"this message")
-    return q
+    return {"held_out": q, "band": b}
 
 
 MODELS.register("tiny-arith")(ZooModel(
@@ -261,13 +258,11 @@ def build(name: str, seed: int = 0, force: bool = False) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        spec.build(tmp, seed)
-        zoo_json = tmp / "zoo.json"
-        info = json.loads(zoo_json.read_text()) if zoo_json.exists() else {"name": name, "seed": seed}
-        info.update({"recipe": spec.recipe, "recipe_hash": spec.recipe_hash})
-        zoo_json.write_text(json.dumps(info, indent=2))
+        record = {"name": name, "seed": seed, **(spec.build(tmp, seed) or {}), "recipe": spec.recipe,
+                  "recipe_hash": spec.recipe_hash}
         if spec.check is not None:
-            spec.check(tmp, seed)
+            record.update(spec.check(tmp, seed, record))
+        (tmp / "zoo.json").write_text(json.dumps(record, indent=2))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

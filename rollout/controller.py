@@ -94,7 +94,6 @@ class RolloutController:
         self.queue: deque[Task] = deque()  # admitted tasks waiting for a worker (re-queued ones first)
         self.pending: deque[tuple[int, list[int], list[int]]] = deque()  # (task_id, prompts, draw ids) from a checkpoint
         self.inflight: dict[int, Task] = {}  # task_id -> task on a worker
-        self.admit_limit: int | None = None  # groups that may still be admitted in this collect (dynamic sampling)
         self.buffer: list[Group] = []  # finished, scored, not yet consumed
         self.calls: dict = {}  # handle -> (kind, worker, incarnation, payload)
         self.incarnation = [0] * pool.n
@@ -239,13 +238,13 @@ class RolloutController:
     def _free_slots(self, i: int) -> int:
         return self.inflight_cap - sum(1 for t in self.inflight.values() if t.worker == i)
 
-    def _new_task(self) -> Task | None:
-        """Admit a new task if the staleness budget allows."""
+    def _new_task(self, limit: int | None = None) -> Task | None:
+        """Admit a new task of at most `limit` groups (None: no limit) if the staleness budget allows."""
         if self.version + 1 > self.last_step:  # no step left that could train on it
             return None
         room = self.sched.room(self.version)
-        if self.admit_limit is not None:
-            room = min(room, self.admit_limit)
+        if limit is not None:
+            room = min(room, limit)
         if room <= 0:
             return None
         if self.pending:
@@ -264,17 +263,21 @@ class RolloutController:
             draws = list(range(self.next_draw_id, self.next_draw_id + n))
             self.next_draw_id += n
             self.stats["draws"] += n
-        if self.admit_limit is not None:
-            self.admit_limit -= len(prompts)
         deadline = self.sched.admit(len(prompts), self.version)
         seed = (self.seed * 1_000_003 + task_id * 7919 + draws[0]) % 2**31
         return Task(task_id, prompts, draws, deadline, seed, self.version)
 
-    def pump(self) -> None:
-        """Dispatch queued and newly admitted tasks to workers with free slots."""
+    def pump(self, admit_limit: int | None = None) -> None:
+        """Dispatch queued and newly admitted tasks to workers with free slots, admitting at most `admit_limit` new
+        groups (None: as many as the staleness budget allows)."""
         for i in range(self.pool.n):
             while self._free_slots(i) > 0:
-                task = self.queue.popleft() if self.queue else self._new_task()
+                if self.queue:
+                    task = self.queue.popleft()
+                else:
+                    task = self._new_task(admit_limit)
+                    if task is not None and admit_limit is not None:
+                        admit_limit -= len(task.prompt_indices)
                 if task is None:
                     break
                 task.worker, task.attempts, task.version = i, task.attempts + 1, self.version
@@ -398,9 +401,8 @@ class RolloutController:
             must = self.sched.must_take()
             if (need <= 0 or consumed >= budget) and must == 0:
                 break
-            if accept is not None:  # discarded groups are replaced, but never beyond the step's budget
-                self.admit_limit = max(0, budget - consumed - self.sched.n_outstanding)
-            self.pump()
+            # discarded groups (dynamic sampling) are replaced, but never beyond the step's budget
+            self.pump(None if accept is None else max(0, budget - consumed - self.sched.n_outstanding))
             self._poll(0)
             g = self._eligible(need)
             if g is None:
@@ -422,7 +424,6 @@ class RolloutController:
             else:
                 rejected += 1
         self.sched.end_step()
-        self.admit_limit = None
         self.pump()  # with max_staleness > 0, keep generating while the trainer updates
         acc, self._step_acc = self._step_acc, self._fresh_acc()
         m = {"rollout/groups": len(taken), "rollout/groups_rejected": rejected,
