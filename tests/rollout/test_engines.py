@@ -8,7 +8,8 @@ changes torch threading for the whole process) and skip with the import error wh
 import pytest
 import torch
 
-from rollout.engine import left_pad, make_engine, policy_logprobs
+from rollout.engine import make_engine
+from rollout.logprobs import left_pad, policy_logprobs
 from rollout.types import SamplingParams
 
 TOL = 1e-4

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from rollout.engine import policy_logprobs
+from rollout.logprobs import policy_logprobs
 from rollout.types import RolloutBatch, Sample
 from trainers.grpo.batch import collate
 from trainers.grpo.config import GRPOConfig

@@ -1,0 +1,86 @@
+"""Log-prob estimators: how a policy model of one kind is loaded and how it scores the tokens of a batch.
+
+One estimator per model kind, registered by name in `ESTIMATORS` (`causal` today: left-to-right causal LMs). The
+trainer's update, its reference model, the weight-sync probe and the HF engine's `score` all go through the
+estimator the config names, so they agree by construction, and a new model kind (e.g. a masked-diffusion LM, whose
+log-probs are estimated over random maskings) is one new estimator in a new file, not an edit of the update code.
+
+An estimator provides:
+- `model_class`: the transformers Auto class that loads the model directory (`load_model` uses it);
+- `peft_task_type`: the peft `TaskType` of LoRA adapters on it;
+- `logprobs(model, input_ids, attention_mask, prompt_len, temperature) -> [B, L]`: log pi(completion token |
+  context) at `temperature` for the batch layout below. Differentiable.
+
+Batch layout (shared with `rollout.types.RolloutBatch` and the engines): prompts left-padded to P = `prompt_len`,
+completions right-padded to L, so completion token j of every row sits at input position P + j.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rl.registry import Registry
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype '{name}' (one of: {', '.join(DTYPES)})") from None
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, S] positions counting only real tokens, so left padding does not shift them (pads get 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def left_pad(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int
+             ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Prompts left-padded to P, completions right-padded to L: (input_ids [B, P+L], attention_mask [B, P+L], P)."""
+    B = len(prompt_ids)
+    P = max(len(p) for p in prompt_ids)
+    L = max(1, max(len(c) for c in completion_ids))
+    input_ids = torch.full((B, P + L), pad_id, dtype=torch.long)  # [B, P+L]
+    attention_mask = torch.zeros((B, P + L), dtype=torch.long)  # [B, P+L]
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        input_ids[i, P - len(p):P + len(c)] = torch.tensor(list(p) + list(c), dtype=torch.long)
+        attention_mask[i, P - len(p):P + len(c)] = 1
+    return input_ids, attention_mask, P
+
+
+@dataclass(frozen=True)
+class CausalEstimator:
+    """Left-to-right causal LMs (`AutoModelForCausalLM`): the exact log-prob of each completion token given the
+    prompt and the completion tokens before it, in one forward pass."""
+
+    model_class: str = "AutoModelForCausalLM"
+    peft_task_type: str = "CAUSAL_LM"
+
+    def load_model(self, path, dtype: str = "float32", **kwargs) -> torch.nn.Module:
+        import transformers
+
+        return getattr(transformers, self.model_class).from_pretrained(path, dtype=torch_dtype(dtype), **kwargs)
+
+    def logprobs(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                 temperature: float) -> torch.Tensor:
+        """[B, L] log pi(completion token | prefix) at `temperature` (0 means 1: greedy scores the raw
+        distribution). Values at padded completion positions are meaningless (mask them with the response mask)."""
+        T = temperature if temperature > 0 else 1.0
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                       use_cache=False).logits  # [B, P+L, V]
+        logits = logits[:, prompt_len - 1:-1].float() / T  # [B, L, V] position t predicts token t+1
+        targets = input_ids[:, prompt_len:]  # [B, L]
+        return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)  # [B, L]
+
+
+ESTIMATORS: Registry = Registry("log-prob estimator")
+ESTIMATORS.register("causal")(CausalEstimator())
+
+
+def policy_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                    temperature: float) -> torch.Tensor:
+    """The `causal` estimator's log-probs (kept as a plain function for tests and the causal engines)."""
+    return ESTIMATORS.get("causal").logprobs(model, input_ids, attention_mask, prompt_len, temperature)
