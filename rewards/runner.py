@@ -2,8 +2,9 @@
 
 A function is called as TRL calls it, by keyword: `fn(prompts=..., completions=..., **columns)`.
 
-Checked when the set is built (ConfigError): the reference loads; the function takes prompts/completions by
-keyword; every config kwarg names one of its parameters; weights are finite.
+Checked when a `RewardSpec` is built (pydantic ValidationError; a job config names the key, e.g. `reward.0.weight`):
+the weight is finite. Checked when the set is built (ConfigError): the reference loads; the function takes
+prompts/completions by keyword; every config kwarg names one of its parameters.
 Checked on every call, whatever `on_error` says (RewardError): the batch has the dataset columns the function
 requires and no column clashes with a config kwarg; the function returns within `timeout_s`; it returns a
 list/tuple (or 1-D array/tensor) with one element per completion, each a real number or None.
@@ -29,11 +30,14 @@ import math
 import numbers
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
+from pydantic import Field
+
+from rl.config import Section
 from rl.errors import ConfigError, RewardError
 from rewards.loader import bind_kwargs, check_signature, load_reward_fn, required_columns
 
@@ -42,13 +46,15 @@ log = logging.getLogger(__name__)
 _GRACE_S = 0.25  # extra wait for the event-loop thread beyond timeout_s (its tasks are cancelled at timeout_s)
 
 
-@dataclass
-class RewardSpec:
-    """One reward function of a set. `fn`: a registered name, `path/to/file.py:fn` or `package.module:fn`;
-    `weight`: its factor in the summed reward; `kwargs`: keyword arguments bound to it (functools.partial)."""
+class RewardSpec(Section):
+    """One reward function of a set; also the config section of each entry of a job's `reward` list."""
+
     fn: str
-    weight: float = 1.0
-    kwargs: dict = field(default_factory=dict)
+    """A registered reward name, `path/to/file.py:fn`, or `package.module:fn`."""
+    weight: float = Field(1.0, allow_inf_nan=False)
+    """Weight of this function in the summed reward (a finite number)."""
+    kwargs: dict = {}
+    """Keyword arguments bound to the function (e.g. `pattern` for the `format` reward)."""
 
 
 @dataclass
@@ -196,10 +202,8 @@ def _make_fn(spec: RewardSpec, taken: set[str]) -> _Fn:
     """Load, check and bind one spec; its name is made unique among `taken` (exact_match, exact_match_2...)."""
     name, fn = load_reward_fn(spec.fn)
     name = _unique(name, taken)
-    if not isinstance(spec.weight, numbers.Real) or not math.isfinite(spec.weight):
-        raise ConfigError(f"reward '{spec.fn}': weight must be a finite number, got {spec.weight!r}")
     check_signature(name, fn)
-    kwargs = dict(spec.kwargs or {})
+    kwargs = dict(spec.kwargs)
     bound = bind_kwargs(name, fn, kwargs)
     return _Fn(name=name, fn=bound, weight=float(spec.weight), is_async=_is_async(fn), bound=tuple(kwargs),
                required=tuple(required_columns(bound)))

@@ -1,11 +1,14 @@
 """Off-policy corrections between the behaviour policy (the rollout engine, possibly several versions stale) and
 the old/proximal policy the PPO ratio is taken against. Registered by name; pure functions. Formulas:
-ALGORITHMS.md section 6.
+docs/algorithms.md section 6.
 
 Signature (`OFFPOLICY`):
 
-    fn(old_logprobs [B,L], behav_logprobs [B,L], response_mask [B,L], cfg: LossConfig)
+    fn(old_logprobs [B,L], behav_logprobs [B,L], response_mask [B,L], settings: OffPolicySettings)
         -> (weights [B,L], keep [B,L], metrics: dict[str, float])
+
+`OffPolicySettings` is this module's own input type (a Protocol: any object with the four knobs, e.g. GRPO's
+`trainers.grpo.config.TrainerConfig`), so the module depends on no algorithm that uses it.
 
 - `weights` are detached per-token multipliers of the policy-gradient term, 0 wherever `keep` is 0 (as AReaL does,
   so a huge ratio on a dropped token cannot turn into a NaN gradient).
@@ -25,16 +28,27 @@ Metrics (over response tokens unless said otherwise):
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from rl.registry import Registry
 
-if TYPE_CHECKING:  # loss.py imports this module
-    from trainers.grpo.loss import LossConfig
-
 OFFPOLICY: Registry = Registry("off-policy correction")
+
+
+class OffPolicySettings(Protocol):
+    """The knobs the corrections read. Range checks belong to whoever builds the settings (GRPO: pydantic bounds on
+    `trainer.*`); the corrections assume is_cap > 0, 0 <= mask_low <= 1 <= mask_high, behav_weight_cap > 0 or None."""
+
+    is_cap: float
+    """`tis_token`/`tis_seq`: truncation C, weights are min(ratio, C)."""
+    mask_low: float
+    """`mask`: tokens whose pi_old / pi_behav is below this are dropped."""
+    mask_high: float
+    """`mask`: tokens whose pi_old / pi_behav is above this are dropped."""
+    behav_weight_cap: float | None
+    """`decoupled`: tokens whose pi_prox / pi_behav exceeds this are dropped; None keeps all."""
 
 
 def _log_ratio(old_logprobs: torch.Tensor, behav_logprobs: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -70,7 +84,7 @@ def _finish(weights: torch.Tensor, keep: torch.Tensor):
 
 @OFFPOLICY.register("none")
 def no_correction(old_logprobs: torch.Tensor, behav_logprobs: torch.Tensor, response_mask: torch.Tensor,
-                  cfg: "LossConfig"):
+                  settings: OffPolicySettings):
     """No correction (on-policy, or verl's bypass mode where pi_old := pi_behav): weight 1 on every response token.
     The metrics still report the mismatch."""
     log_w = _log_ratio(old_logprobs, behav_logprobs, response_mask)  # [B, L]
@@ -81,11 +95,11 @@ def no_correction(old_logprobs: torch.Tensor, behav_logprobs: torch.Tensor, resp
 
 @OFFPOLICY.register("tis_token")
 def tis_token(old_logprobs: torch.Tensor, behav_logprobs: torch.Tensor, response_mask: torch.Tensor,
-              cfg: "LossConfig"):
+              settings: OffPolicySettings):
     """Truncated importance sampling per token (verl `rollout_corr_helper.py`, token level; Yao et al. 2025 "Your
     efficient RL framework secretly brings you off-policy RL training"): w = min(pi_old / pi_behav, is_cap)."""
     log_w = _log_ratio(old_logprobs, behav_logprobs, response_mask)  # [B, L]
-    log_cap = math.log(cfg.is_cap)
+    log_cap = math.log(settings.is_cap)
     capped = log_w > log_cap  # [B, L]
     keep = response_mask
     weights = _finish(log_w.clamp(max=log_cap).exp(), keep)  # [B, L]
@@ -94,13 +108,13 @@ def tis_token(old_logprobs: torch.Tensor, behav_logprobs: torch.Tensor, response
 
 @OFFPOLICY.register("tis_seq")
 def tis_seq(old_logprobs: torch.Tensor, behav_logprobs: torch.Tensor, response_mask: torch.Tensor,
-            cfg: "LossConfig"):
+            settings: OffPolicySettings):
     """Truncated importance sampling per sequence (verl `rollout_corr_helper.py`, sequence level):
     w = min(prod_t pi_old / pi_behav, is_cap) = exp(min(sum_t log ratio, log is_cap)), same for all of a sequence's
     tokens. The sum is taken in log space, so a long sequence never overflows."""
     log_w_tok = _log_ratio(old_logprobs, behav_logprobs, response_mask)  # [B, L]
     log_w = log_w_tok.sum(dim=1, keepdim=True).expand_as(log_w_tok)  # [B, L] sequence log ratio, broadcast
-    log_cap = math.log(cfg.is_cap)
+    log_cap = math.log(settings.is_cap)
     capped = log_w > log_cap  # [B, L]
     keep = response_mask
     weights = _finish(log_w.clamp(max=log_cap).exp(), keep)  # [B, L]
@@ -109,12 +123,12 @@ def tis_seq(old_logprobs: torch.Tensor, behav_logprobs: torch.Tensor, response_m
 
 @OFFPOLICY.register("mask")
 def mask_correction(old_logprobs: torch.Tensor, behav_logprobs: torch.Tensor, response_mask: torch.Tensor,
-                    cfg: "LossConfig"):
+                    settings: OffPolicySettings):
     """Token masking, prime-rl @7e2f0273 style: drop tokens whose ratio pi_old / pi_behav is < mask_low or
     > mask_high (bounds themselves are kept); kept tokens get weight 1 (masking, not truncation)."""
     log_w = _log_ratio(old_logprobs, behav_logprobs, response_mask)  # [B, L]
     w = log_w.exp()  # [B, L]
-    inside = (w >= cfg.mask_low) & (w <= cfg.mask_high)  # [B, L]
+    inside = (w >= settings.mask_low) & (w <= settings.mask_high)  # [B, L]
     keep = response_mask * inside.to(response_mask.dtype)  # [B, L]
     weights = _finish(torch.ones_like(w), keep)  # [B, L]
     return weights, keep, _metrics(log_w, log_w, torch.zeros_like(inside), keep, response_mask)
@@ -122,13 +136,13 @@ def mask_correction(old_logprobs: torch.Tensor, behav_logprobs: torch.Tensor, re
 
 @OFFPOLICY.register("decoupled")
 def decoupled(old_logprobs: torch.Tensor, behav_logprobs: torch.Tensor, response_mask: torch.Tensor,
-              cfg: "LossConfig"):
+              settings: OffPolicySettings):
     """AReaL decoupled PPO (`areal/utils/functional.py::ppo_actor_loss_fn`; Fu et al. 2025): weight
     pi_prox / pi_behav, not truncated; tokens whose weight exceeds `behav_weight_cap` are dropped (None: none are)."""
     log_w = _log_ratio(old_logprobs, behav_logprobs, response_mask)  # [B, L]
     w = log_w.exp()  # [B, L]
     keep = response_mask
-    if cfg.behav_weight_cap is not None:
-        keep = response_mask * (w <= cfg.behav_weight_cap).to(response_mask.dtype)  # [B, L]
+    if settings.behav_weight_cap is not None:
+        keep = response_mask * (w <= settings.behav_weight_cap).to(response_mask.dtype)  # [B, L]
     weights = _finish(w, keep)  # [B, L]
     return weights, keep, _metrics(log_w, log_w, torch.zeros_like(w, dtype=torch.bool), keep, response_mask)

@@ -47,7 +47,7 @@ def test_builtin_direct(case):
 def test_builtin_through_reward_set(case):
     """Same values through the runner, which calls in a worker thread (math-verify's signal timeout must not fire)."""
     name, completions, answers, kwargs, expected = case
-    out = RewardSet([RewardSpec(name, kwargs=kwargs)])(["p"] * len(completions), completions, {"answer": answers})
+    out = RewardSet([RewardSpec(fn=name, kwargs=kwargs)])(["p"] * len(completions), completions, {"answer": answers})
     got = [None if math.isnan(v) else v for v in out.per_fn[name].tolist()]
     assert got == pytest.approx(expected)
     assert out.valid.all()

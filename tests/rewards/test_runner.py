@@ -3,6 +3,7 @@ import math
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from rewards import RewardOutput, RewardSet, RewardSpec
 from rl.errors import ConfigError, RewardError
@@ -12,7 +13,7 @@ MOD = "tests.rewards.fixtures.mod"
 
 
 def user(fn: str, weight: float = 1.0, **kwargs) -> RewardSpec:
-    return RewardSpec(f"{USER}:{fn}", weight, kwargs)
+    return RewardSpec(fn=f"{USER}:{fn}", weight=weight, kwargs=kwargs)
 
 
 def score(specs, completions, on_error="raise", timeout_s=0.5, **columns) -> RewardOutput:
@@ -26,8 +27,8 @@ def nan_list(t):
 
 # --- weights, None, metrics -------------------------------------------------------------------------------------
 def test_weighted_sum_over_file_module_and_registered_refs():
-    out = score([user("contains_seven", 2.0), RewardSpec(f"{MOD}:answer_length", 0.5), RewardSpec("exact_match", -1.0)],
-                ["17", "x"], answer=["17", "abcd"])
+    out = score([user("contains_seven", 2.0), RewardSpec(fn=f"{MOD}:answer_length", weight=0.5),
+                 RewardSpec(fn="exact_match", weight=-1.0)], ["17", "x"], answer=["17", "abcd"])
     # sample 0: 2*1 + 0.5*2 - 1*1 = 2.0; sample 1: 2*0 + 0.5*4 - 1*0 = 2.0
     assert out.rewards.tolist() == [2.0, 2.0]
     assert out.rewards.dtype.is_floating_point and out.rewards.shape == (2,)
@@ -38,7 +39,7 @@ def test_weighted_sum_over_file_module_and_registered_refs():
 
 
 def test_none_means_not_applicable_for_that_function_only():
-    out = score([user("only_answers", 3.0), RewardSpec("exact_match")], ["5", "6"], answer=["skip", "6"])
+    out = score([user("only_answers", 3.0), RewardSpec(fn="exact_match")], ["5", "6"], answer=["skip", "6"])
     # sample 0: only_answers None (contributes 0) + exact_match 0 = 0; sample 1: 3*1 + 1 = 4
     assert out.rewards.tolist() == [0.0, 4.0]
     assert nan_list(out.per_fn["only_answers"]) == [None, 1.0]
@@ -55,7 +56,8 @@ def test_all_none_gives_zero_and_is_counted():
 
 
 def test_duplicate_functions_get_unique_names_and_kwargs_bind():
-    out = score([RewardSpec("format", 1.0, {"pattern": r"\d+"}), RewardSpec("format", 0.5, {"pattern": r"[a-z]+"}),
+    out = score([RewardSpec(fn="format", kwargs={"pattern": r"\d+"}),
+                 RewardSpec(fn="format", weight=0.5, kwargs={"pattern": r"[a-z]+"}),
                  user("longer_than", min_len=2, bonus=4.0)], ["12", "abc"])
     # "12": 1 + 0 + 0 = 1; "abc": 0 + 0.5 + 4 = 4.5
     assert list(out.per_fn) == ["format", "format_2", "longer_than"]
@@ -71,13 +73,14 @@ def test_numpy_and_bool_values_are_numbers():
 # --- construction and batch checks --------------------------------------------------------------------------------
 def test_construction_errors():
     with pytest.raises(ConfigError, match="on_reward_error must be 'raise' or 'drop', got 'skip'"):
-        RewardSet([RewardSpec("exact_match")], on_error="skip")
+        RewardSet([RewardSpec(fn="exact_match")], on_error="skip")
     with pytest.raises(ConfigError, match="no reward functions configured"):
         RewardSet([])
     with pytest.raises(ConfigError, match="reward_timeout_s must be > 0"):
-        RewardSet([RewardSpec("exact_match")], timeout_s=0)
-    with pytest.raises(ConfigError, match="reward 'exact_match': weight must be a finite number, got nan"):
-        RewardSet([RewardSpec("exact_match", math.nan)])
+        RewardSet([RewardSpec(fn="exact_match")], timeout_s=0)
+    # a non-finite weight is refused by the spec itself (in a job config as `reward.0.weight`: test_config.py)
+    with pytest.raises(ValidationError, match=r"weight\n.*finite number"):
+        RewardSpec(fn="exact_match", weight=math.nan)
     with pytest.raises(ConfigError, match=r"unknown kwarg 'min_length' \(did you mean 'min_len'\?\)"):
         RewardSet([user("longer_than", min_length=3)])
     with pytest.raises(ConfigError, match="reward 'positional_only' cannot take prompts and completions"):
@@ -87,14 +90,14 @@ def test_construction_errors():
 def test_missing_column_and_clashing_kwarg_raise_in_both_modes():
     for mode in ("raise", "drop"):
         with pytest.raises(RewardError, match=r"reward 'exact_match' needs 'answer'.*batch's columns: solution"):
-            score([RewardSpec("exact_match")], ["1"], on_error=mode, solution=["1"])
+            score([RewardSpec(fn="exact_match")], ["1"], on_error=mode, solution=["1"])
         with pytest.raises(RewardError, match=r"reward 'longer_than': config kwarg 'min_len' has the same name as a "
                                               r"dataset column"):
             score([user("longer_than", min_len=1)], ["1"], on_error=mode, min_len=[3])
 
 
 def test_caller_batch_mismatch_is_a_value_error():
-    rs = RewardSet([RewardSpec("exact_match")])
+    rs = RewardSet([RewardSpec(fn="exact_match")])
     with pytest.raises(ValueError, match="dataset column 'answer' has 1 values for 2 completions"):
         rs(["p", "p"], ["a", "b"], {"answer": ["a"]})
     with pytest.raises(ValueError, match="1 prompts for 2 completions"):
@@ -117,7 +120,7 @@ def test_raise_message_truncates_long_texts():
 
 
 def test_drop_mode_drops_only_the_samples_that_raise():
-    out = score([user("raises_on_x"), RewardSpec("exact_match", 2.0)], ["1", "x", "2"], on_error="drop",
+    out = score([user("raises_on_x"), RewardSpec(fn="exact_match", weight=2.0)], ["1", "x", "2"], on_error="drop",
                 answer=["1", "x", "3"])
     assert out.valid.tolist() == [True, False, True]
     assert nan_list(out.rewards) == [3.0, None, 1.0]  # never a silent 0: NaN and valid=False

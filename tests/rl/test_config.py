@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from rl.config import JOBS, describe, get_job, load_config, parse_override
+from rl.config import JOBS, describe, dump_config, get_job, load_config, parse_override
 from rl.errors import ConfigError
 
 CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
@@ -128,3 +128,58 @@ def test_checks_across_keys_print_their_own_message():
     assert str(e.value).endswith("\n  min_utd=5.0 must not exceed max_utd=1.0"), str(e.value)
     with pytest.raises(ConfigError, match=r"cluster\.weight_sync: .*'auto', 'object_store' or 'broadcast' \(got 'nccl'\)"):
         load_config("configs/grpo_tiny.yaml", ["cluster.weight_sync=nccl"])
+
+
+def test_offpolicy_knobs_are_settable_and_checked_with_their_dotted_keys():
+    t = load_config("configs/grpo_tiny.yaml", ["trainer.offpolicy=mask", "trainer.mask_low=0.2", "trainer.mask_high=4",
+                                               "trainer.behav_weight_cap=3", "trainer.is_cap=1.5"]).trainer
+    assert (t.offpolicy, t.mask_low, t.mask_high, t.behav_weight_cap, t.is_cap) == ("mask", 0.2, 4.0, 3.0, 1.5)
+    with pytest.raises(ConfigError, match=r"trainer\.mask_low: .*less than or equal to 1 \(got 1.5\)"):
+        load_config(None, ["trainer.mask_low=1.5"])
+    with pytest.raises(ConfigError, match=r"trainer\.mask_high: .*greater than or equal to 1 \(got 0.5\)"):
+        load_config(None, ["trainer.mask_high=0.5"])
+    with pytest.raises(ConfigError, match=r"trainer\.behav_weight_cap: .*greater than 0"):
+        load_config(None, ["trainer.behav_weight_cap=0"])
+    with pytest.raises(ConfigError, match=r"trainer\.offpolicy: unknown off-policy correction 'tis_tokn' "
+                                          r"\(did you mean 'tis_token'\?\); known: decoupled, mask, none"):
+        load_config(None, ["trainer.offpolicy=tis_tokn"])
+    with pytest.raises(ConfigError, match=r"trainer\.dual_clip_c: .*greater than 1"):
+        load_config(None, ["trainer.dual_clip_c=0.5"])
+
+
+@pytest.mark.parametrize("overrides,resolved", [
+    ([], "none"), (["max_staleness=2"], "decoupled"), (["trainer.offpolicy=null"], "none"),
+    (["max_staleness=2", "trainer.offpolicy=null"], "decoupled"), (["max_staleness=2", "trainer.offpolicy=tis_seq"], "tis_seq"),
+])
+def test_offpolicy_default_is_resolved_when_the_config_loads(tmp_path, overrides, resolved):
+    cfg = load_config("configs/grpo_tiny.yaml", overrides)
+    assert cfg.trainer.offpolicy == resolved
+    dumped = dump_config(cfg)  # what config.yaml records, and what a resume loads again
+    assert f"  offpolicy: {resolved}\n" in dumped
+    (tmp_path / "config.yaml").write_text(dumped)
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_old_logprobs_source_is_decided_by_the_config_once():
+    src = lambda *o: load_config("configs/grpo_tiny.yaml", list(o)).old_logprobs
+    assert src() == "behav"
+    assert src("max_staleness=1") == src("trainer.recompute_old_logprobs=true") == "current"
+    assert src("trainer.ppo_epochs=2") == src("trainer.ppo_epochs=2", "max_staleness=1") == "recompute"
+
+
+def test_unknown_estimator_suggests():
+    assert load_config("configs/grpo_tiny.yaml").model.estimator == "causal"
+    with pytest.raises(ConfigError, match=r"model\.estimator: unknown log-prob estimator 'causl' \(did you mean "
+                                          r"'causal'\?\); known: causal"):
+        load_config("configs/grpo_tiny.yaml", ["model.estimator=causl"])
+
+
+def test_reward_entries_are_the_reward_specs_rewards_runs():
+    from rewards import RewardSpec
+
+    cfg = load_config(None, ["reward=[{fn: format, weight: 0.5, kwargs: {pattern: x}}]"])
+    assert cfg.reward == [RewardSpec(fn="format", weight=0.5, kwargs={"pattern": "x"})]
+    with pytest.raises(ConfigError, match=r"reward\.0\.weight: .*finite number"):
+        load_config(None, ["reward=[{fn: exact_match, weight: .nan}]"])
+    with pytest.raises(ConfigError, match=r"reward\.0\.wieght: unknown key"):
+        load_config(None, ["reward=[{fn: exact_match, wieght: 2}]"])

@@ -1,11 +1,13 @@
 """Off-policy corrections by hand: TIS per token and per sequence, prime-rl masking, AReaL decoupled weights, their
-metrics, and how policy_loss applies them."""
+metrics, and how policy_loss applies them, with the knobs set from YAML/CLI."""
 import math
 
 import pytest
 import torch
 
-from trainers.grpo.loss import LossConfig, LossInputs, policy_loss
+from rl.config import load_config
+from trainers.grpo.config import TrainerConfig
+from trainers.grpo.loss import LossInputs, policy_loss
 from trainers.offpolicy import OFFPOLICY
 
 ln = math.log
@@ -20,8 +22,13 @@ MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
 K3_ALL = (0.901388 + 0.193147 + 0.017678 + 0.094535 + 1.402585) / 5  # 0.521867
 
 
+def settings(**kw) -> TrainerConfig:
+    """GRPO's `trainer` section is an `OffPolicySettings` as it is (the corrections read only its four knobs)."""
+    return TrainerConfig(**kw)
+
+
 def run(name, **kw):
-    return OFFPOLICY.get(name)(OLD, BEHAV, MASK, LossConfig(**kw))
+    return OFFPOLICY.get(name)(OLD, BEHAV, MASK, settings(**kw))
 
 
 def check_none(w, keep, m):
@@ -90,7 +97,7 @@ def test_tis_seq_caps_the_product():
 def test_tis_seq_long_sequence_does_not_overflow():
     # 2000 tokens with log ratio 0.1 each: product e^200 overflows float32, the capped weight is still 2
     old, behav, mask = torch.full((1, 2000), 0.1), torch.zeros(1, 2000), torch.ones(1, 2000)
-    w, _, m = OFFPOLICY.get("tis_seq")(old, behav, mask, LossConfig(is_cap=2.0))
+    w, _, m = OFFPOLICY.get("tis_seq")(old, behav, mask, settings(is_cap=2.0))
     assert torch.allclose(w, torch.full_like(w, 2.0)) and math.isfinite(m["offpolicy/is_weight_mean"])
 
 
@@ -109,14 +116,14 @@ def test_mask_defaults_are_prime_rl_bounds():
 @pytest.mark.parametrize("name", sorted(HAND_CASES))
 def test_weights_are_detached(name):
     old = OLD.clone().requires_grad_(True)
-    w, keep, _ = OFFPOLICY.get(name)(old, BEHAV, MASK, LossConfig(**HAND_CASES[name][0]))
+    w, keep, _ = OFFPOLICY.get(name)(old, BEHAV, MASK, settings(**HAND_CASES[name][0]))
     assert not w.requires_grad and not keep.requires_grad
 
 
 @pytest.mark.parametrize("name", sorted(HAND_CASES))
 def test_no_correction_when_old_equals_behav(name):
     # one-epoch on-policy (old := behav): every correction is the identity
-    w, keep, m = OFFPOLICY.get(name)(BEHAV, BEHAV, MASK, LossConfig(**HAND_CASES[name][0]))
+    w, keep, m = OFFPOLICY.get(name)(BEHAV, BEHAV, MASK, settings(**HAND_CASES[name][0]))
     assert torch.equal(w, MASK) and torch.equal(keep, MASK) and m["offpolicy/kl_behav_current"] == 0.0
 
 
@@ -130,7 +137,7 @@ def _x(old, shift=(0.0, 0.0, 0.0)):
 def test_policy_loss_multiplies_pg_by_tis_weights():
     # TIS weights [2, 0.5, 1.2], per-token pg -1: token_mean (-2 - 0.5 - 1.2) / 3 = -1.233333
     x = _x(OLD)
-    loss, m = policy_loss(x, LossConfig(offpolicy="tis_token", is_cap=2.0, agg="token_mean"))
+    loss, m = policy_loss(x, TrainerConfig(offpolicy="tis_token", is_cap=2.0, loss_agg="token_mean"))
     assert loss.item() == pytest.approx(-3.7 / 3, abs=1e-6) and m["offpolicy/capped_frac"] == pytest.approx(1 / 3)
     # gradient of -w ratio / 3 with ratio 1: -w / 3 = [-0.6667, -0.1667, -0.4]
     loss.backward()
@@ -141,7 +148,7 @@ def test_policy_loss_decoupled_matches_areal_normaliser():
     # AReaL: loss = sum(-w_behav * pg over kept tokens) / count(loss mask). Cap 2.5 drops the token with w = 3:
     # (0 - 0.5 - 1.2) / 3 tokens = -0.566667 (the dropped token still counts in the denominator), zero grad there
     x = _x(OLD)
-    loss, m = policy_loss(x, LossConfig(offpolicy="decoupled", behav_weight_cap=2.5, agg="token_mean"))
+    loss, m = policy_loss(x, TrainerConfig(offpolicy="decoupled", behav_weight_cap=2.5, loss_agg="token_mean"))
     assert loss.item() == pytest.approx(-1.7 / 3, abs=1e-6)
     loss.backward()
     assert x.logprobs.grad[0].tolist() == pytest.approx([0.0, -0.5 / 3, -0.4], abs=1e-6)
@@ -154,9 +161,26 @@ def test_policy_loss_mask_drops_tokens_with_huge_ratio_without_nan():
     old = OLD[:1].clone()
     old[0, 0] = BEHAV[0, 0] + 200.0
     x = _x(old, shift=(0.5, 0.0, 0.0))
-    loss, m = policy_loss(x, LossConfig(offpolicy="mask", agg="token_mean"))
+    loss, m = policy_loss(x, TrainerConfig(offpolicy="mask", loss_agg="token_mean"))
     assert loss.item() == pytest.approx(-2 / 3, abs=1e-6) and m["offpolicy/masked_frac"] == pytest.approx(1 / 3)
     loss.backward()
     assert torch.isfinite(x.logprobs.grad).all() and x.logprobs.grad[0, 0].item() == 0.0
     # PPO metrics are over kept tokens: ratio 1 there
     assert m["actor/ratio_mean"] == pytest.approx(1.0) and m["actor/clipfrac"] == 0.0
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    # both sequences, current = old (PPO ratio 1) and A = +1, so each kept token's pg is -weight; token_mean over the
+    # 5 response tokens (dropped ones still count in the denominator)
+    ([], -4 / 5),  # defaults [0.125, 8]: only the 0.1 is dropped
+    (["trainer.offpolicy=mask", "trainer.mask_low=0.2", "trainer.mask_high=2.5"], -3 / 5),  # 3 and 0.1 dropped
+    (["trainer.offpolicy=decoupled", "trainer.behav_weight_cap=2.5"], -(0.5 + 1.2 + 1.5 + 0.1) / 5),  # 3 dropped
+    (["trainer.offpolicy=tis_token", "trainer.is_cap=1.3"], -(1.3 + 0.5 + 1.2 + 1.3 + 0.1) / 5),  # 3, 1.5 -> 1.3
+])
+def test_knobs_set_on_the_command_line_reach_the_loss(overrides, expected):
+    defaults = [] if overrides else ["trainer.offpolicy=mask"]
+    cfg = load_config("configs/grpo_tiny.yaml", ["trainer.loss_agg=token_mean", *defaults, *overrides]).trainer
+    x = LossInputs(logprobs=OLD, old_logprobs=OLD, behav_logprobs=BEHAV, advantages=torch.tensor([1.0, 1.0]),
+                   response_mask=MASK)
+    loss, _ = policy_loss(x, cfg)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)

@@ -4,9 +4,23 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from rewards import RewardSpec
 from rl.cluster import ClusterConfig
 from rl.config import JobConfig, Section
+from rl.registry import Registry, did_you_mean
+from rollout.logprobs import ESTIMATORS
+from trainers.offpolicy import OFFPOLICY
+
+
+def _registered(registry: Registry, name: str) -> str:
+    """`name` if `registry` holds it; else a validation error (pydantic adds the dotted key) with a suggestion."""
+    if name not in registry:
+        raise PydanticCustomError("unknown_name", "unknown {kind} '{name}'{hint}; known: {known}",
+                                  {"kind": registry.kind, "name": name, "hint": did_you_mean(name, registry),
+                                   "known": ", ".join(registry.names())})
+    return name
 
 
 class LoraConfig(Section):
@@ -27,8 +41,16 @@ class ModelConfig(Section):
     """A zoo model name (built and cached on first use; see `rl models list`) or a local Hugging Face model directory."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights dtype for the trainer and the rollout engine."""
+    estimator: str = "causal"
+    """Log-prob estimator (registered in `rollout.logprobs.ESTIMATORS`): how the trainer loads this kind of model
+    (its transformers class, its peft task type) and scores completion tokens. `causal`: left-to-right causal LMs."""
     lora: LoraConfig = LoraConfig()
     """LoRA adapters via peft."""
+
+    @field_validator("estimator")
+    @classmethod
+    def _known_estimator(cls, v: str) -> str:
+        return _registered(ESTIMATORS, v)
 
 
 class DataConfig(Section):
@@ -81,15 +103,6 @@ class RolloutConfig(Section):
     """vLLM engine options."""
 
 
-class RewardSpecConfig(Section):
-    fn: str
-    """A registered reward name, `path/to/file.py:fn`, or `package.module:fn`."""
-    weight: float = 1.0
-    """Weight of this function in the summed reward."""
-    kwargs: dict = {}
-    """Keyword arguments bound to the function (e.g. `pattern` for the `format` reward)."""
-
-
 class TrainerConfig(Section):
     lr: float = Field(2e-4, gt=0)
     """AdamW learning rate."""
@@ -106,15 +119,18 @@ class TrainerConfig(Section):
     loss: str = "ppo_clip"
     """Policy loss (registered in `trainers.grpo.loss`)."""
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "seq_mean_token_mean"
-    """Loss aggregation: GRPO seq_mean_token_mean, DAPO token_mean, Dr. GRPO seq_mean_token_sum_norm."""
+    """Loss aggregation: GRPO seq_mean_token_mean, DAPO token_mean, Dr. GRPO seq_mean_token_sum_norm (each
+    sequence's token sum divided by the constant rollout.max_new_tokens)."""
     clip_low: float = Field(0.2, ge=0, lt=1)
-    """PPO ratio clip below 1 (epsilon_low)."""
+    """PPO ratio clip below 1 (epsilon_low): the ratio is clipped below at 1 - clip_low."""
     clip_high: float = Field(0.2, ge=0)
-    """PPO ratio clip above 1 (epsilon_high; DAPO clip-higher uses 0.28)."""
+    """PPO ratio clip above 1 (epsilon_high): clipped above at 1 + clip_high (DAPO clip-higher uses 0.28)."""
     dual_clip_c: float | None = Field(None, gt=1)
-    """Dual-clip constant for negative advantages (verl uses 3); None disables."""
+    """Dual clip (Ye et al. 2020; verl `clip_ratio_c`, 3.0): for A < 0 the per-token loss is capped at -c A.
+    None disables it."""
     kl_coef: float = Field(0.0, ge=0)
-    """Weight of the k3 KL penalty to the reference (initial) model; 0 disables it and loads no reference."""
+    """beta of the k3 KL penalty to the reference (initial) model (GRPO 0.04; DAPO and Dr. GRPO 0); 0 disables it
+    and loads no reference."""
     ppo_epochs: int = Field(1, ge=1)
     """Passes (mu) over each rollout batch."""
     micro_batch_size: int = Field(64, ge=1)
@@ -125,16 +141,31 @@ class TrainerConfig(Section):
     """Extra generation rounds allowed per step when dynamic sampling removed groups."""
     offpolicy: str | None = None
     """Off-policy correction (registered in `trainers.offpolicy`): none, tis_token, tis_seq, mask, decoupled.
-    Unset: `decoupled` (AReaL's decoupled PPO) when max_staleness > 0, `none` when training is on-policy."""
+    Unset (or null): resolved when the config loads, to `decoupled` (AReaL's decoupled PPO) when max_staleness > 0
+    and `none` when training is on-policy, so the run's config.yaml records the correction that ran."""
     is_cap: float = Field(2.0, gt=0)
-    """Truncation cap C for TIS importance weights."""
+    """`tis_token`/`tis_seq`: truncation cap C, importance weights are min(pi_old / pi_behav, C) (verl 2.0)."""
+    mask_low: float = Field(0.125, ge=0, le=1)
+    """`mask`: drop tokens whose pi_old / pi_behav is below this (prime-rl token_mask_low; default [UNVERIFIED])."""
+    mask_high: float = Field(8.0, ge=1)
+    """`mask`: drop tokens whose pi_old / pi_behav is above this (prime-rl token_mask_high; default [UNVERIFIED])."""
+    behav_weight_cap: float | None = Field(None, gt=0)
+    """`decoupled`: drop tokens whose pi_prox / pi_behav exceeds this (AReaL `behav_imp_weight_cap`); None keeps
+    all."""
     sync_check_every: int = Field(1, ge=0)
     """Verify the weight sync every N steps: a fixed probe batch is scored by the trainer and the engine, and a
     log-prob mismatch above `sync_check_tol` stops the job (0 disables)."""
     sync_check_tol: float = Field(1e-4, gt=0)
     """Largest allowed |trainer - engine| log-prob difference on the probe batch (raise it for bf16/fp16)."""
     recompute_old_logprobs: bool = False
-    """Recompute the old-policy log-probs with the trainer before the update (needed if engine and trainer differ numerically or ppo_epochs > 1 off-policy). Otherwise the engine's behaviour log-probs are the old log-probs."""
+    """Take the old-policy log-probs of the clipped ratio from the trainer rather than the engine (needed if engine
+    and trainer differ numerically). Implied by ppo_epochs > 1 and by max_staleness > 0; see `GRPOConfig.old_logprobs`.
+    Otherwise the engine's behaviour log-probs are the old log-probs."""
+
+    @field_validator("offpolicy")
+    @classmethod
+    def _known_offpolicy(cls, v: str | None) -> str | None:
+        return v if v is None else _registered(OFFPOLICY, v)
 
 
 class EvalConfig(Section):
@@ -165,7 +196,7 @@ class GRPOConfig(JobConfig):
     """Prompt dataset."""
     rollout: RolloutConfig = RolloutConfig()
     """Generation."""
-    reward: list[RewardSpecConfig] = [RewardSpecConfig(fn="exact_match")]
+    reward: list[RewardSpec] = [RewardSpec(fn="exact_match")]
     """Reward functions: a name/ref string, or a list of {fn, weight, kwargs}."""
     reward_timeout_s: float = Field(30.0, gt=0)
     """A reward call taking longer than this stops the job with an error naming the function."""
@@ -189,6 +220,28 @@ class GRPOConfig(JobConfig):
         if isinstance(v, list):
             return [{"fn": x} if isinstance(x, str) else x for x in v]
         return v
+
+    @model_validator(mode="after")
+    def _resolve_offpolicy(self):
+        """`trainer.offpolicy` unset or null: decoupled PPO when generation runs ahead (max_staleness > 0), else none."""
+        if self.trainer.offpolicy is None:
+            self.trainer.offpolicy = "decoupled" if self.max_staleness > 0 else "none"
+        return self
+
+    @property
+    def old_logprobs(self) -> Literal["behav", "current", "recompute"]:
+        """Where the update takes the old (proximal) log-probs of the clipped ratio from, decided here only:
+        - `recompute`: ppo_epochs > 1, so the policy moves between epochs: the trainer's log-probs of the policy
+          before the update, computed once up front;
+        - `current`: one epoch with trainer.recompute_old_logprobs or max_staleness > 0: the parameters do not
+          change before the single optimizer step, so the old log-probs are exactly the current ones, detached (no
+          extra forward pass);
+        - `behav`: otherwise, the engine's behaviour log-probs (on-policy: the same policy)."""
+        if self.trainer.ppo_epochs > 1:
+            return "recompute"
+        if self.trainer.recompute_old_logprobs or self.max_staleness > 0:
+            return "current"
+        return "behav"
 
     @model_validator(mode="after")
     def _check_strategy(self):

@@ -1,16 +1,18 @@
 """GRPO-family policy losses, registered by name, and the loss aggregation modes. Pure functions.
-Formulas: ALGORITHMS.md section 6. Shapes: B samples, L completion tokens.
+Formulas: docs/algorithms.md section 6. Shapes: B samples, L completion tokens.
 
-`policy_loss(inputs, cfg, name)`, every lookup through a registry:
-1. off-policy correction `OFFPOLICY[cfg.offpolicy]` (trainers/offpolicy.py) -> detached weights [B,L], keep [B,L];
-2. per-token loss `POLICY_LOSSES[name](inputs with response_mask=keep, cfg)` -> [B,L] and its metrics;
+Settings come straight from the job config's `trainer` section (`trainers.grpo.config.TrainerConfig`: one source
+of truth, validated when the config loads). `policy_loss(inputs, cfg, max_len)`, every lookup through a registry:
+1. off-policy correction `OFFPOLICY[cfg.offpolicy]` (trainers/offpolicy.py, given `cfg` as its
+   `OffPolicySettings`) -> detached weights [B,L], keep [B,L];
+2. per-token loss `POLICY_LOSSES[cfg.loss](inputs with response_mask=keep, cfg)` -> [B,L] and its metrics;
 3. pg = aggregate(weights * per-token loss, ...), plus kl_coef * aggregate(k3(ref, current), ...).
 
 Normalisers depend only on `response_mask`, B and `max_len`, never on the tokens a correction drops: a dropped
 token adds 0 to the numerator but still counts in the denominator (as in AReaL's `ppo_actor_loss_fn`). So a
-micro-batch's share of the full-batch loss is known up front (its tokens for token_mean, its sequences otherwise),
-which `trainers/grpo/trainer.py::update` relies on to make gradient accumulation exact. A sequence with no
-response tokens counts as 0 in the seq-mean modes (the 1/G of GRPO).
+micro-batch's share of the full-batch loss is known up front (`micro_batch_share`: its tokens for token_mean, its
+sequences otherwise), which `trainers/grpo/update.py::update` relies on to make gradient accumulation exact. A
+sequence with no response tokens counts as 0 in the seq-mean modes (the 1/G of GRPO).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from rl.registry import Registry, did_you_mean
+from trainers.grpo.config import TrainerConfig
 from trainers.offpolicy import OFFPOLICY
 
 POLICY_LOSSES: Registry = Registry("policy loss")
@@ -47,59 +50,6 @@ class LossInputs:
                 raise ValueError(f"{name} must be [B, L] = {(B, L)} like logprobs, got {tuple(t.shape)}")
         if tuple(self.advantages.shape) != (B,):
             raise ValueError(f"advantages must be [B] = ({B},), got {tuple(self.advantages.shape)}")
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Policy-loss settings. Validated on construction (unknown names fail with a suggestion)."""
-
-    clip_low: float = 0.2
-    """epsilon_low: the ratio is clipped below at 1 - clip_low."""
-    clip_high: float = 0.2
-    """epsilon_high: the ratio is clipped above at 1 + clip_high (DAPO clip-higher: 0.28)."""
-    dual_clip_c: float | None = None
-    """Dual clip (Ye et al. 2020; verl `clip_ratio_c`, 3.0): for A < 0 the per-token loss is capped at -c A.
-    None disables it. Must be > 1."""
-    agg: str = "seq_mean_token_mean"
-    """Aggregation: seq_mean_token_mean (GRPO), token_mean (DAPO), seq_mean_token_sum_norm (Dr. GRPO)."""
-    max_len: int | None = None
-    """Constant normaliser of seq_mean_token_sum_norm (the max completion length); required by that mode."""
-    kl_coef: float = 0.0
-    """beta of the k3 KL penalty to the reference policy (GRPO 0.04; DAPO and Dr. GRPO 0). Needs ref_logprobs."""
-    offpolicy: str = "none"
-    """Off-policy correction registered in trainers/offpolicy.py: none, tis_token, tis_seq, mask, decoupled."""
-    is_cap: float = 2.0
-    """TIS truncation C: weights are min(ratio, C) (verl default 2.0)."""
-    mask_low: float = 0.125
-    """`mask`: drop tokens whose pi_old / pi_behav is below this (prime-rl token_mask_low; default [UNVERIFIED])."""
-    mask_high: float = 8.0
-    """`mask`: drop tokens whose pi_old / pi_behav is above this (prime-rl token_mask_high; default [UNVERIFIED])."""
-    behav_weight_cap: float | None = None
-    """`decoupled`: drop tokens whose pi_prox / pi_behav exceeds this (AReaL `behav_imp_weight_cap`); None keeps all."""
-
-    def __post_init__(self):
-        if not 0 <= self.clip_low < 1:
-            raise ValueError(f"clip_low must be in [0, 1), got {self.clip_low}")
-        if self.clip_high < 0:
-            raise ValueError(f"clip_high must be >= 0, got {self.clip_high}")
-        if self.dual_clip_c is not None and self.dual_clip_c <= 1:
-            raise ValueError(f"dual_clip_c must be > 1 or None, got {self.dual_clip_c}")
-        if self.agg not in AGG_MODES:
-            raise ValueError(f"unknown loss aggregation '{self.agg}'{did_you_mean(self.agg, AGG_MODES)}; "
-                             f"known: {', '.join(AGG_MODES)}")
-        if self.max_len is not None and self.max_len < 1:
-            raise ValueError(f"max_len must be >= 1 or None, got {self.max_len}")
-        if self.agg == "seq_mean_token_sum_norm" and self.max_len is None:
-            raise ValueError("agg 'seq_mean_token_sum_norm' needs max_len (the constant normaliser)")
-        if self.kl_coef < 0:
-            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
-        OFFPOLICY.get(self.offpolicy)  # KeyError with a suggestion for an unknown name
-        if self.is_cap <= 0:
-            raise ValueError(f"is_cap must be > 0, got {self.is_cap}")
-        if not 0 <= self.mask_low <= 1 <= self.mask_high:
-            raise ValueError(f"need 0 <= mask_low <= 1 <= mask_high, got {self.mask_low}, {self.mask_high}")
-        if self.behav_weight_cap is not None and self.behav_weight_cap <= 0:
-            raise ValueError(f"behav_weight_cap must be > 0 or None, got {self.behav_weight_cap}")
 
 
 def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str, max_len: int | None = None) -> torch.Tensor:
@@ -135,7 +85,7 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 @POLICY_LOSSES.register("ppo_clip")
-def ppo_clip(inputs: LossInputs, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+def ppo_clip(inputs: LossInputs, cfg: TrainerConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate per token (Schulman et al. 2017; GRPO/DAPO as in verl `compute_policy_loss`):
     ratio = pi_theta / pi_old, loss = -min(ratio A, clip(ratio, 1 - clip_low, 1 + clip_high) A), and with dual clip
     min(that, -c A) for A < 0. Returns the [B, L] loss and "actor/clipfrac" (tokens where the clipped term binds)
@@ -158,36 +108,57 @@ def ppo_clip(inputs: LossInputs, cfg: LossConfig) -> tuple[torch.Tensor, dict[st
 
 
 @POLICY_LOSSES.register("reinforce")
-def reinforce(inputs: LossInputs, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+def reinforce(inputs: LossInputs, cfg: TrainerConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """Vanilla policy gradient (Williams 1992): -A log pi_theta per token, no ratio and no clipping (on-policy;
     `policy_loss` still applies the off-policy weights). Reports "actor/clipfrac" 0."""
     loss = -inputs.advantages[:, None] * inputs.logprobs  # [B, L]
     return loss, {"actor/clipfrac": 0.0}
 
 
-def policy_loss(inputs: LossInputs, cfg: LossConfig, name: str = "ppo_clip") -> tuple[torch.Tensor, dict[str, float]]:
-    """Scalar loss and metrics: off-policy weights x registered per-token loss, + kl_coef x k3 KL, aggregated with
-    `cfg.agg` (see the module docstring for what dropped tokens do to the normaliser).
+def micro_batch_share(agg: str, response_mask: torch.Tensor, real_rows: int, total_tokens: float,
+                      batch_size: int) -> tuple[float, float]:
+    """A micro-batch's weight in the full-batch loss under aggregation `agg`, and the weight of its metrics.
+
+    `response_mask` [b, L] is the micro-batch's (its padding rows, if any, all zero), `real_rows` how many of its b
+    rows are real, `total_tokens` and `batch_size` the full batch's response tokens and real rows. token_mean: its
+    tokens / the batch's tokens; the seq-mean modes: b / batch_size for the loss (padding rows count in the
+    micro-batch's mean, as zeros) and real_rows / batch_size for the metrics. Summing share x micro-batch loss over
+    micro-batches gives exactly the full-batch loss (see the module docstring)."""
+    if agg == "token_mean":
+        share = float(response_mask.sum()) / total_tokens
+        return share, share
+    return len(response_mask) / batch_size, real_rows / batch_size
+
+
+def policy_loss(inputs: LossInputs, cfg: TrainerConfig, max_len: int | None = None
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Scalar loss and metrics: off-policy weights x the per-token loss `cfg.loss`, + kl_coef x k3 KL, aggregated
+    with `cfg.loss_agg` (see the module docstring for what dropped tokens do to the normaliser). `max_len`: the
+    constant normaliser of seq_mean_token_sum_norm (Dr. GRPO: the longest completion, rollout.max_new_tokens);
+    that mode raises without it.
 
     Metrics: "loss/pg", "loss/kl" (aggregated k3, before kl_coef), "loss/total", the loss's own ("actor/clipfrac",
     ...), "actor/ratio_mean" (pi_theta / pi_old) and "actor/approx_kl" (k3 estimate of KL(pi_old || pi_theta):
     (r - 1) - log r with r = pi_theta / pi_old, as CleanRL), both masked means over kept tokens, and the
     correction's "offpolicy/*"."""
+    if cfg.offpolicy is None:
+        raise ValueError("trainer.offpolicy is unset: load the section through its job config (GRPOConfig resolves "
+                         "it from max_staleness) or set it")
     weights, keep, metrics = OFFPOLICY.get(cfg.offpolicy)(inputs.old_logprobs, inputs.behav_logprobs,
                                                           inputs.response_mask, cfg)  # [B, L] each
     kept = replace(inputs, response_mask=keep)
-    pg_mat, loss_metrics = POLICY_LOSSES.get(name)(kept, cfg)  # [B, L]
+    pg_mat, loss_metrics = POLICY_LOSSES.get(cfg.loss)(kept, cfg)  # [B, L]
     keep_b = keep > 0  # [B, L]
     weighted = torch.where(keep_b, pg_mat * weights, torch.zeros_like(pg_mat))  # [B, L] dropped tokens add 0
-    pg = aggregate(weighted, inputs.response_mask, cfg.agg, cfg.max_len)
+    pg = aggregate(weighted, inputs.response_mask, cfg.loss_agg, max_len)
     kl = torch.zeros((), device=pg.device)
     loss = pg
     if cfg.kl_coef > 0:
         if inputs.ref_logprobs is None:
-            raise ValueError("kl_coef > 0 needs ref_logprobs in LossInputs")
+            raise ValueError("trainer.kl_coef > 0 needs ref_logprobs in LossInputs")
         kl_mat = k3(inputs.ref_logprobs, inputs.logprobs)  # [B, L]
-        kl = aggregate(torch.where(keep_b, kl_mat, torch.zeros_like(kl_mat)), inputs.response_mask, cfg.agg,
-                       cfg.max_len)
+        kl = aggregate(torch.where(keep_b, kl_mat, torch.zeros_like(kl_mat)), inputs.response_mask, cfg.loss_agg,
+                       max_len)
         loss = pg + cfg.kl_coef * kl
     with torch.no_grad():
         diff = inputs.logprobs - inputs.old_logprobs  # [B, L]

@@ -26,7 +26,8 @@ from rollout.types import RolloutBatch, Sample, SamplingParams
 from trainers.advantages import ADVANTAGES, zero_std_groups
 from trainers.grpo.batch import PromptSampler, collate
 from trainers.grpo.config import GRPOConfig
-from trainers.grpo.ranks import load_tokenizer, make_trainer
+from trainers.grpo.policy import load_tokenizer
+from trainers.grpo.ranks import make_trainer
 
 log = logging.getLogger("orchard")
 
@@ -184,8 +185,7 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float
     train_rows = load_prompts(d.name, "train", d.train_size, cfg.seed, d.prompt_key, d.answer_key)
     eval_rows = load_prompts(d.name, "test", d.eval_size, 0, d.prompt_key, d.answer_key)  # fixed across seeds
     sampler = PromptSampler(len(train_rows), cfg.seed)
-    reward_set = RewardSet([RewardSpec(fn=x.fn, weight=x.weight, kwargs=dict(x.kwargs)) for x in cfg.reward],
-                           timeout_s=cfg.reward_timeout_s, on_error=cfg.on_reward_error)
+    reward_set = RewardSet(cfg.reward, timeout_s=cfg.reward_timeout_s, on_error=cfg.on_reward_error)
     advantage_fn = ADVANTAGES.get(t.advantage)
     G = r.num_generations
 
@@ -231,7 +231,6 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float
                                                      "perf/tokens_per_s": "tok/s"}, desc="grpo")
         last_eval = before
         probe: list[Sample] = []  # fixed weight-sync probe: the first samples this process generates
-        recompute = t.recompute_old_logprobs or t.ppo_epochs > 1 or cfg.max_staleness > 0
 
         def has_signal(g) -> bool:  # DAPO dynamic sampling: a group whose rewards all agree teaches nothing
             return not bool(zero_std_groups(g.rewards, torch.zeros(G, dtype=torch.long), g.valid).all())
@@ -274,7 +273,7 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float
             m.update(staleness_metrics(batch, step, cfg.max_staleness))
             # update
             t1 = time.time()
-            m.update(trainer.update(batch, recompute))
+            m.update(trainer.update(batch))
             t_train = time.time() - t1
             # publish the new weights to every worker (+ the probe check, verified asynchronously by each worker)
             t2 = time.time()

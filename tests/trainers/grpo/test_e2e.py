@@ -55,10 +55,14 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     launch("configs/grpo_tiny.yaml", [*TINY, "max_steps=4", "checkpoint.every=2", f"run_dir={full}"])
     launch("configs/grpo_tiny.yaml", [*TINY, "max_steps=2", "checkpoint.every=2", f"run_dir={part}"])
     written = (part / "config.yaml").read_text()
+    assert "  offpolicy: none\n" in written  # the correction that ran, resolved from max_staleness=0
     # a resume whose override fails at start leaves the run's config as it was
     assert main(["train", "--resume", str(part), "max_steps=4", f"model.path={tmp_path / 'no-such-model'}"]) == 2
     assert (part / "config.yaml").read_text() == written
+    # runs written before the default was resolved at load recorded `offpolicy: null`: it resolves like unset
+    (part / "config.yaml").write_text(written.replace("  offpolicy: none\n", "  offpolicy: null\n"))
     assert main(["train", "--resume", str(part), "max_steps=4"]) == 0
+    assert (part / "config.yaml").read_text() == written.replace("max_steps: 2", "max_steps: 4")
     a = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in b] == [0, 1, 2, 3, 4]
@@ -68,6 +72,15 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
                 assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-7), (ra["step"], k)
     wa, wb = _weights(full / "checkpoints" / "step-4" / "model"), _weights(part / "checkpoints" / "step-4" / "model")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_offpolicy_mask_bounds_from_the_command_line_run_and_are_recorded(tmp_path):
+    launch("configs/grpo_tiny.yaml", [*TINY, "max_steps=1", "trainer.offpolicy=mask", "trainer.mask_low=0.2",
+                                      f"run_dir={tmp_path}"])
+    written = (tmp_path / "config.yaml").read_text()
+    assert "  offpolicy: mask\n" in written and "  mask_low: 0.2\n" in written and "  mask_high: 8.0\n" in written
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert 0.0 <= rows[1]["offpolicy/masked_frac"] <= 1.0
 
 
 def test_fresh_run_refuses_to_overwrite_checkpoints(tmp_path, capsys):

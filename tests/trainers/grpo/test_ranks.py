@@ -12,7 +12,9 @@ from rl.cli import launch, main
 from rollout.types import Sample
 from trainers.grpo.batch import collate
 from trainers.grpo.config import GRPOConfig
-from trainers.grpo.ranks import InProcessTrainer, RayTrainerGroup, read_weights, shard
+from trainers.grpo.policy import read_weights
+from trainers.grpo.ranks import InProcessTrainer, RayTrainerGroup
+from trainers.grpo.update import shard
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +64,7 @@ def _cfg(model_dir, agg: str, ranks: int = 1, strategy: str = "ddp") -> GRPOConf
 
 def _two_steps(trainer, batch):
     """Two optimizer steps on the same batch (the second with ratios != 1, clipped by the 0.2 range)."""
-    return [trainer.update(batch, False) for _ in range(2)]
+    return [trainer.update(batch) for _ in range(2)]
 
 
 @pytest.mark.parametrize("strategy,agg", [("ddp", "seq_mean_token_mean"), ("ddp", "token_mean"),
