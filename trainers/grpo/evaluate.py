@@ -8,15 +8,14 @@ from trainers.grpo.config import GRPOConfig
 
 
 def evaluate_model(cfg: GRPOConfig) -> dict:
-    from transformers import AutoTokenizer
-
+    """Greedy held-out accuracy of `cfg.model.path` on the test split the training runs evaluate on."""
     from envs.datasets import load_prompts
     from rollout.engine import make_engine
+    from trainers.grpo.policy import load_tokenizer
     from trainers.grpo.trainer import evaluate
 
     model_dir = resolve_model_path(cfg.model.path)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    tok.padding_side = "left"
+    tok = load_tokenizer(model_dir)  # the trainer's: left padding, eos as pad if the tokenizer has none
     d, r = cfg.data, cfg.rollout
     rows = load_prompts(d.name, "test", d.eval_size, 0, d.prompt_key, d.answer_key)  # the same set as training evals
     engine = make_engine(r.engine, str(model_dir), dtype=cfg.model.dtype, seed=cfg.seed, max_batch=r.max_batch,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -13,6 +14,20 @@ from trainers.grpo.config import GRPOConfig
 from trainers.strategy import Single, Strategy, optimizer_format_of
 
 OPTIM_FILE = "optimizer.pt"
+
+
+class Estimator(Protocol):
+    """What the trainer uses of a log-prob estimator registered in `rollout.logprobs.ESTIMATORS`."""
+
+    peft_task_type: str
+    """peft `TaskType` of LoRA adapters on this kind of model."""
+
+    def load_model(self, path, dtype: str = "float32") -> torch.nn.Module:
+        """The model in directory `path`, its weights in `dtype`."""
+
+    def logprobs(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                 temperature: float) -> torch.Tensor:
+        """[B, L] differentiable log pi(completion token) for prompts left-padded to `prompt_len`."""
 
 
 @dataclass
@@ -29,7 +44,7 @@ class Policy:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     ref: torch.nn.Module | None
     lora: bool
-    estimator: object
+    estimator: Estimator
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     fwd: torch.nn.Module | None = None
     strategy: Strategy = field(default_factory=Single)
