@@ -149,7 +149,8 @@ def test_offpolicy_knobs_are_settable_and_checked_with_their_dotted_keys():
 
 @pytest.mark.parametrize("overrides,resolved", [
     ([], "none"), (["max_staleness=2"], "decoupled"), (["trainer.offpolicy=null"], "none"),
-    (["max_staleness=2", "trainer.offpolicy=null"], "decoupled"), (["max_staleness=2", "trainer.offpolicy=tis_seq"], "tis_seq"),
+    (["max_staleness=2", "trainer.offpolicy=null"], "decoupled"),
+    (["max_staleness=2", "trainer.offpolicy=tis_seq"], "tis_seq"),
 ])
 def test_offpolicy_default_is_resolved_when_the_config_loads(tmp_path, overrides, resolved):
     cfg = load_config("configs/grpo_tiny.yaml", overrides)

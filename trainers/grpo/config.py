@@ -223,7 +223,7 @@ class GRPOConfig(JobConfig):
 
     @model_validator(mode="after")
     def _resolve_offpolicy(self):
-        """`trainer.offpolicy` unset or null: decoupled PPO when generation runs ahead (max_staleness > 0), else none."""
+        """`trainer.offpolicy` unset or null: decoupled PPO if generation runs ahead (max_staleness > 0), else none."""
         if self.trainer.offpolicy is None:
             self.trainer.offpolicy = "decoupled" if self.max_staleness > 0 else "none"
         return self

@@ -85,6 +85,7 @@ class TrainerRank:
                 "strategy": self.strategy.name, "threads": torch.get_num_threads()}
 
     def update(self, sh: Shard) -> dict:
+        """This rank's part of one step's update (`trainers.grpo.update.update`): its share of the metrics."""
         return update(self.policy, sh, self.cfg)
 
     def weights(self, as_ref: bool = False):
