@@ -143,6 +143,9 @@ def test_offpolicy_knobs_are_settable_and_checked_with_their_dotted_keys():
     with pytest.raises(ConfigError, match=r"trainer\.offpolicy: unknown off-policy correction 'tis_tokn' "
                                           r"\(did you mean 'tis_token'\?\); known: decoupled, mask, none"):
         load_config(None, ["trainer.offpolicy=tis_tokn"])
+    with pytest.raises(ConfigError, match=r"trainer\.advantage: unknown advantage estimator 'dr_grp' \(did you mean "
+                                          r"'dr_grpo'\?\)"):
+        load_config(None, ["trainer.advantage=dr_grp"])
     with pytest.raises(ConfigError, match=r"trainer\.dual_clip_c: .*greater than 1"):
         load_config(None, ["trainer.dual_clip_c=0.5"])
 

@@ -11,6 +11,7 @@ from rl.cluster import ClusterConfig
 from rl.config import JobConfig, Section
 from rl.registry import Registry, did_you_mean
 from rollout.logprobs import ESTIMATORS
+from trainers.advantages import ADVANTAGES
 from trainers.offpolicy import OFFPOLICY
 
 
@@ -161,6 +162,11 @@ class TrainerConfig(Section):
     """Take the old-policy log-probs of the clipped ratio from the trainer rather than the engine (needed if engine
     and trainer differ numerically). Implied by ppo_epochs > 1 and by max_staleness > 0; see `GRPOConfig.old_logprobs`.
     Otherwise the engine's behaviour log-probs are the old log-probs."""
+
+    @field_validator("advantage")
+    @classmethod
+    def _known_advantage(cls, v: str) -> str:
+        return _registered(ADVANTAGES, v)
 
     @field_validator("offpolicy")
     @classmethod
