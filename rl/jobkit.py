@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rl.config import CheckpointConfig, LogConfig
+from rl.errors import OrchardError
 from rl.progress import Tracker
 from rl.rundir import RunDir
 
@@ -61,7 +62,8 @@ class Start:
             return {}
         file = self.path / name
         if not file.is_file():
-            raise FileNotFoundError(f"checkpoint {self.path} has no {name}: it was not written by this job")
+            raise OrchardError(f"checkpoint {self.path} has no {name}: it was not written by this job "
+                               f"(run_dir {self.run.path} belongs to another job or an older version of it)")
         if file.suffix == ".json":
             state = json.loads(file.read_text())
         else:
@@ -92,7 +94,7 @@ def start(run: RunDir, seed: int | None, torch_threads: int = 0) -> Start:
     latest = run.latest_checkpoint()
     if latest is None:
         return Start(run, t0)
-    log.info(f"resuming from {latest[1]} (step {latest[0]})")
+    log.info(f"resumed from {latest[1]} at step {latest[0]}")
     return Start(run, t0, latest[0], latest[1])
 
 

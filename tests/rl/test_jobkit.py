@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rl.config import CheckpointConfig, LogConfig
+from rl.errors import OrchardError
 from rl.jobkit import checkpoint, checkpoint_due, evaluate_before, make_tracker, start, summarize, write_state
 from rl.rundir import RunDir
 
@@ -60,6 +61,6 @@ def test_json_loop_state_and_a_missing_state_file(tmp_path):
         (d / "meta.json").write_text(json.dumps({"update": 3}))
     job = start(run, seed=None)
     assert job.resumed and job.step == 3 and job.load_state("meta.json") == {"update": 3}
-    with pytest.raises(FileNotFoundError, match="has no state.pt"):
+    with pytest.raises(OrchardError, match="has no state.pt: it was not written by this job"):
         job.load_state("state.pt")
     assert start(RunDir(tmp_path / "fresh"), seed=None).load_state("meta.json") == {}
