@@ -105,8 +105,8 @@ def check_tiny_arith(out_dir: Path, seed: int, record: dict) -> dict:
             f"zoo model 'tiny-arith' (seed {seed}) built outside its band: greedy held-out accuracy {g:.3f} (expected "
             f"{b['greedy_min']:.2f}-{b['greedy_max']:.2f}), pass@{b['k']} {p:.3f} (expected >= {b['pass_at_k_min']:.2f}) "
             f"on {q['problems']} held-out problems; final SFT loss {record.get('final_sft_loss', float('nan')):.3f}. The model was not "
-            f"cached. This is a bug in the warm-start recipe (trainers/sft/tiny_arith.py TINY_ARITH_SFT): please report it with "
-            f"this message")
+            f"cached. This is a bug in the warm-start recipe (trainers/sft/tiny_arith.py TINY_ARITH_SFT): please "
+            f"report it with this message")
     return {"held_out": q, "band": b}
 
 
