@@ -17,7 +17,7 @@ flag; `envs.marl`, `trainers.marl` and the gymnax vector env call `configure_jax
    such release is on the registry here).
    Fixes: (a) requirements.txt pins jax/jaxlib 0.9.2 (flax 0.12.6, the newest flax for it; pyproject excludes jaxlib
    0.10.0-0.10.2); (b) `MarlTrainer.init_seeds` initializes the seeds with `lax.map` instead of `vmap` (bit-identical
-   numbers), so a 0.10.x install does not hang in our jobs either (a user's own `jax.vmap(make_train(cfg))` still
+   numbers), so a 0.10.x install does not hang in our jobs either (a user's own `jax.vmap(make_trainer(cfg).train)` still
    does there). Reproducer for jaxlib maintainers, jax only: `python rl/bench/xla_repro.py`.
 
    Measured with `python -m rl.bench.xla_stall` (fresh process per run: init, evaluation, a compiled 10-update

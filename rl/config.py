@@ -68,13 +68,6 @@ JOBS: dict[str, str] = {
 }
 
 
-def register_job(name: str, target: str) -> None:
-    """Register a job by `module:attribute` path (duplicate names are errors)."""
-    if name in JOBS:
-        raise ValueError(f"duplicate job name '{name}'")
-    JOBS[name] = target
-
-
 def get_job(name: str):
     if name not in JOBS:
         raise ConfigError(f"algo: unknown job '{name}'{did_you_mean(name, JOBS)}; known: {', '.join(sorted(JOBS))}")

@@ -1,4 +1,5 @@
-"""What a job is: a config class plus a `run` function. Registered by name in `rl.config.JOBS`."""
+"""What a job is: a config class plus a `run` function. Registered by name in `rl.config.JOBS`; `run` builds its
+start/resume, evaluation before training, checkpoints, progress and summary from `rl/jobkit.py`."""
 from __future__ import annotations
 
 from dataclasses import dataclass

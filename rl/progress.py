@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 
 from rl.rundir import RunDir
 
@@ -33,7 +32,6 @@ class Tracker:
         self.show = show or {}
         self.tensorboard = tensorboard
         self.every = max(1, every)
-        self._t0 = time.time()
         self._bar = None
         if progress and sys.stderr.isatty():
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -60,7 +58,3 @@ class Tracker:
             self._bar.stop()
             self._bar = None
         self.run.close()
-
-    @property
-    def elapsed(self) -> float:
-        return time.time() - self._t0

@@ -1,10 +1,13 @@
 """A tiny name -> object registry with a duplicate-name check and did-you-mean lookups.
 
-Used only for small swappable functions (losses, advantages, rewards, envs, datasets), one signature each.
+Used only for small swappable functions (losses, advantages, rewards, envs, datasets), one signature each, and
+for the model zoo. A registry can name `providers`: modules that register entries when imported, imported the
+first time the registry is read (so a registry in rl core can hold entries defined in packages above it).
 """
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -17,9 +20,22 @@ def did_you_mean(name: str, candidates) -> str:
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, providers: tuple[str, ...] = ()):
         self.kind = kind
+        self.providers = providers  # module names imported (once, in order) before the first lookup
         self._items: dict[str, T] = {}
+        self._loaded = not providers
+
+    def _load_providers(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True  # first: a provider that reads this registry while it registers must not recurse
+        try:
+            for module in self.providers:
+                importlib.import_module(module)
+        except BaseException:
+            self._loaded = False
+            raise
 
     def register(self, name: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -31,6 +47,7 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
+        self._load_providers()
         try:
             return self._items[name]
         except KeyError:
@@ -40,10 +57,12 @@ class Registry(Generic[T]):
             ) from None
 
     def __contains__(self, name: str) -> bool:
+        self._load_providers()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._items))
+        return iter(self.names())
 
     def names(self) -> list[str]:
+        self._load_providers()
         return sorted(self._items)

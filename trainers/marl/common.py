@@ -7,8 +7,9 @@ update_epochs x num_minibatches of clipped PPO -> metrics. Every function is pur
     out = jax.jit(jax.vmap(train))(jax.vmap(jax.random.PRNGKey)(seeds))
 
 trains many seeds at once. The actor is shared by all agents (parameter sharing) and sees only its agent's
-observation. The critic (also shared) sees the same observation in IPPO, and the world state (every agent's
-observation plus the agent's one-hot id, `MarlEnv.world_state`) in MAPPO.
+observation. The critic (also shared) sees the same observation in IPPO (de Witt et al. 2020; JaxMARL's `ippo_ff_*`
+baselines), and the world state (every agent's observation plus the agent's one-hot id, `MarlEnv.world_state`) in
+MAPPO (Yu et al. 2022; JaxMARL's `mappo_*` baselines). See docs/algorithms.md section 5.
 
 For jobs with progress and checkpoints, `init` + `segment(runner, n)` run the same updates in chunks: the
 `RunnerState` pytree (params, optimizer state, env states, observations, RNG key, update counter) is all there is,

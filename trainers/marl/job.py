@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from rl.jobkit import checkpoint, evaluate_before, make_tracker, start, summarize
 from rl.jobs import Job
 from rl.rundir import RunDir
 from trainers.marl.config import IPPOConfig, MAPPOConfig, MarlConfig
@@ -34,34 +35,36 @@ def seed_stats(name: str, per_seed: np.ndarray) -> dict[str, float]:
             f"{name}/max": float(x.max())}
 
 
+def write_runner(d, runner, meta: dict) -> None:
+    """A checkpoint's files: every seed's RunnerState (flax msgpack) and the loop state (JSON)."""
+    from flax import serialization
+
+    (d / RUNNER_FILE).write_bytes(serialization.to_bytes(runner))
+    (d / META_FILE).write_text(json.dumps(meta))
+
+
 def train(cfg: MarlConfig, run: RunDir) -> dict:
     import jax
     from flax import serialization
 
-    from rl.progress import Tracker
     from trainers.marl.common import make_trainer, seed_keys, split_seed_key
 
-    t_start = time.time()
+    job = start(run, None)  # JAX: every seed's RNG is a key in its RunnerState
     trainer = make_trainer(cfg)
     keys = seed_keys(cfg.seed, cfg.num_seeds)  # [S, 2]
     k_init, k_eval = jax.vmap(split_seed_key)(keys)  # [S, 2] each
     evaluate = jax.jit(jax.vmap(trainer.evaluate))
     runner = jax.jit(trainer.init_seeds)(k_init)  # RunnerState, every leaf [S, ...]
 
-    start, return_initial = 0, None
-    latest = run.latest_checkpoint()
-    if latest is not None:
-        meta = json.loads((latest[1] / META_FILE).read_text())
+    meta = job.load_state(META_FILE)
+    if job.resumed:
         if meta["num_seeds"] != cfg.num_seeds or meta["env"] != cfg.env.name:
-            raise ValueError(f"checkpoint {latest[1]} is for {meta['num_seeds']} seeds of {meta['env']}, "
+            raise ValueError(f"checkpoint {job.path} is for {meta['num_seeds']} seeds of {meta['env']}, "
                              f"the config asks for {cfg.num_seeds} seeds of {cfg.env.name}")
-        runner = serialization.from_bytes(runner, (latest[1] / RUNNER_FILE).read_bytes())
-        start, return_initial = meta["update"], np.asarray(meta["return_initial"])
-        run.truncate_metrics(start)
-        log.info(f"resumed from {latest[1]} at update {start}")
-    if return_initial is None:
-        return_initial = np.asarray(evaluate(runner.params, k_eval))  # [S]
-        run.log_metrics(0, seed_stats("eval/return", return_initial), tensorboard=cfg.log.tensorboard)
+        runner = serialization.from_bytes(runner, (job.path / RUNNER_FILE).read_bytes())
+    return_initial = np.asarray(evaluate_before(  # [S]
+        run, meta.get("return_initial"), lambda: np.asarray(evaluate(runner.params, k_eval)),
+        lambda r: seed_stats("eval/return", r), cfg.log.tensorboard))
     log.info(f"{cfg.algo} on {cfg.env.name}, {cfg.num_seeds} seed(s): return before training "
              f"{return_initial.mean():.3f} (sampled policy, {cfg.eval_envs} episodes per seed)")
 
@@ -76,9 +79,9 @@ def train(cfg: MarlConfig, run: RunDir) -> dict:
 
     total = trainer.num_updates
     steps_per_update = trainer.env_steps_per_update  # per seed
-    tracker = Tracker(run, total, start, show={"return/mean": "return", "charts/SPS": "SPS"},
-                      progress=cfg.log.progress, tensorboard=cfg.log.tensorboard, every=1, desc=cfg.algo)
-    done, train_time = start, 0.0
+    tracker = make_tracker(run, cfg.log, total, job.step, {"return/mean": "return", "charts/SPS": "SPS"}, cfg.algo,
+                           every=1)
+    done, train_time = job.step, 0.0
     try:
         while done < total:
             n = min(cfg.segment_updates, total - done)
@@ -96,24 +99,22 @@ def train(cfg: MarlConfig, run: RunDir) -> dict:
                         "charts/SPS": cfg.num_seeds * n * steps_per_update / dt,
                         "charts/learning_rate": cfg.lr * (1.0 - prev / total) if cfg.anneal_lr else cfg.lr})
             tracker.log(done, row, force=True)
-            every = cfg.checkpoint.every
-            if done == total or (every and done // every > prev // every):
-                with run.checkpoint_writer(done, keep=cfg.checkpoint.keep) as d:
-                    (d / RUNNER_FILE).write_bytes(serialization.to_bytes(runner))
-                    (d / META_FILE).write_text(json.dumps({"update": done, "num_seeds": cfg.num_seeds, "env": cfg.env.name,
-                                                           "return_initial": return_initial.tolist()}))
+            checkpoint(run, done, total, cfg.checkpoint, lambda d: write_runner(d, runner, {
+                "update": done, "num_seeds": cfg.num_seeds, "env": cfg.env.name,
+                "return_initial": return_initial.tolist()}), prev=prev)
     finally:
         tracker.close()
     return_final = np.asarray(evaluate(runner.params, k_eval))  # [S]
     log.info(f"return (sampled policy): {return_initial.mean():.3f} -> {return_final.mean():.3f} "
              f"(+- {return_final.std():.3f} across seeds)")
-    return {"algo": cfg.algo, "env": cfg.env.name, "num_seeds": cfg.num_seeds, "updates": total,
-            "env_steps_per_seed": total * steps_per_update,
-            "return_initial": float(return_initial.mean()), "return_final": float(return_final.mean()),
-            "return_final_std": float(return_final.std()), "return_initial_per_seed": return_initial.tolist(),
-            "return_final_per_seed": return_final.tolist(),
-            "env_steps_per_s": (done - start) * steps_per_update * cfg.num_seeds / train_time if train_time else None,
-            "wall_time_s": time.time() - t_start}
+    return summarize(job, {"algo": cfg.algo, "env": cfg.env.name, "num_seeds": cfg.num_seeds, "updates": total,
+                           "env_steps_per_seed": total * steps_per_update,
+                           "return_final_std": float(return_final.std()),
+                           "return_initial_per_seed": return_initial.tolist(),
+                           "return_final_per_seed": return_final.tolist(),
+                           "env_steps_per_s": (done - job.step) * steps_per_update * cfg.num_seeds / train_time
+                           if train_time else None},
+                     "return", float(return_initial.mean()), float(return_final.mean()), names=("initial", "final"))
 
 
 JOB = Job("ippo", IPPOConfig, train, "IPPO on JaxMARL envs (JAX, PureJaxRL style, seeds vmapped)", watch_stalls=True)

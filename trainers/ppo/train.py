@@ -24,15 +24,16 @@ from torch import nn
 
 from envs.vector import EpisodeStats, make_vec_env
 from rl.errors import ConfigError
-from rl.progress import Tracker
+from rl.jobkit import checkpoint, evaluate_before, make_tracker, start, summarize, write_state
 from rl.rundir import RunDir
-from rl.seeding import rng_state, seed_everything, set_rng_state
 from trainers.advantages import gae
 from trainers.ppo.config import PPOConfig
 from trainers.ppo.loss import gaussian_entropy, gaussian_log_prob, ppo_policy_loss, value_loss
 from trainers.ppo.normalize import ObsNormalizer, RewardScaler
 
 log = logging.getLogger("orchard")
+
+STATE_FILE = "state.pt"  # in every checkpoint: agent, optimizer, normalisers, RNG, iteration, eval_before
 
 
 def layer(i: int, o: int, std: float = np.sqrt(2)) -> nn.Linear:
@@ -146,7 +147,7 @@ def evaluate_checkpoint(cfg: PPOConfig, ckpt) -> dict:
         raise ConfigError("rl eval: a PPO policy is evaluated from a run directory with a complete checkpoint")
     obs_dim, act_dim, low, high = env_spaces(cfg.env.name, cfg.seed)
     agent, obs_norm, reward_scale = build_agent(cfg, obs_dim, act_dim, low is not None)
-    load_agent(torch.load(ckpt / "state.pt", weights_only=False), ckpt, agent, obs_norm, reward_scale)
+    load_agent(torch.load(ckpt / STATE_FILE, weights_only=False), ckpt, agent, obs_norm, reward_scale)
     t0 = time.time()
     ret = evaluate(agent, obs_norm, cfg, cfg.seed + 10_000, low, high)
     return {"algo": "ppo", "env": cfg.env.name, "checkpoint": str(ckpt), "policy": "greedy",
@@ -154,33 +155,23 @@ def evaluate_checkpoint(cfg: PPOConfig, ckpt) -> dict:
 
 
 def train(cfg: PPOConfig, run: RunDir) -> dict:
-    t_start = time.time()
-    seed_everything(cfg.seed)
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
+    job = start(run, cfg.seed, cfg.torch_threads)
     batch_size = cfg.env.num_envs * cfg.num_steps
     iterations = max(1, cfg.total_timesteps // batch_size)
     obs_dim, act_dim, low, high = env_spaces(cfg.env.name, cfg.seed)
     continuous = low is not None
     agent, obs_norm, reward_scale = build_agent(cfg, obs_dim, act_dim, continuous)
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
-
-    start, before = 0, None
-    latest = run.latest_checkpoint()
-    if latest is not None:
-        state = torch.load(latest[1] / "state.pt", weights_only=False)
-        load_agent(state, latest[1], agent, obs_norm, reward_scale)
+    state = job.load_state(STATE_FILE)
+    if job.resumed:
+        load_agent(state, job.path, agent, obs_norm, reward_scale)
         opt.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        start, before = state["iteration"], state["eval_before"]
-        run.truncate_metrics(start)
-        log.info(f"resumed from {latest[1]} at iteration {start}")
-    if before is None:
-        before = evaluate(agent, obs_norm, cfg, cfg.seed + 10_000, low, high)
-        run.log_metrics(0, {"eval/return": before}, tensorboard=cfg.log.tensorboard)
+    before = evaluate_before(run, state.get("eval_before"),
+                             lambda: evaluate(agent, obs_norm, cfg, cfg.seed + 10_000, low, high),
+                             "eval/return", cfg.log.tensorboard)
     log.info(f"greedy return before training: {before:.1f}")
 
-    env = make_vec_env(cfg.env.name, cfg.env.num_envs, cfg.seed * 1000 + start)
+    env = make_vec_env(cfg.env.name, cfg.env.num_envs, cfg.seed * 1000 + job.step)
     stats = EpisodeStats(env.num_envs)
     N, T = cfg.env.num_envs, cfg.num_steps
     act_shape = (act_dim,) if continuous else ()
@@ -189,12 +180,12 @@ def train(cfg: PPOConfig, run: RunDir) -> dict:
     logp_buf, rew_buf, done_buf, val_buf = (torch.zeros((T, N)) for _ in range(4))
     obs_np, _ = env.reset()
     next_obs, next_done = torch.from_numpy(obs_norm(obs_np)), torch.zeros(N)
-    tracker = Tracker(run, iterations, start, show={"charts/episodic_return": "return", "charts/SPS": "SPS"},
-                      progress=cfg.log.progress, tensorboard=cfg.log.tensorboard, every=cfg.log.every, desc="ppo")
+    tracker = make_tracker(run, cfg.log, iterations, job.step,
+                           {"charts/episodic_return": "return", "charts/SPS": "SPS"}, "ppo")
     recent: list[float] = []
     t_loop = time.time()
     try:
-        for it in range(start + 1, iterations + 1):
+        for it in range(job.step + 1, iterations + 1):
             t0 = time.time()
             if cfg.anneal_lr:
                 opt.param_groups[0]["lr"] = cfg.lr * (1.0 - (it - 1) / iterations)
@@ -238,19 +229,18 @@ def train(cfg: PPOConfig, run: RunDir) -> dict:
                 m["charts/episodic_return"] = float(np.mean([r for r, _ in episodes]))
                 m["charts/episodic_length"] = float(np.mean([n for _, n in episodes]))
             tracker.log(it, m)
-            if it == iterations or (cfg.checkpoint.every and it % cfg.checkpoint.every == 0):
-                with run.checkpoint_writer(it, keep=cfg.checkpoint.keep) as d:
-                    torch.save({"agent": agent.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(),
-                                "norm_obs": obs_norm.state_dict(), "norm_reward": reward_scale.state_dict(),
-                                "iteration": it, "eval_before": before}, d / "state.pt")
+            checkpoint(run, it, iterations, cfg.checkpoint, lambda d: write_state(d / STATE_FILE, {
+                "agent": agent.state_dict(), "optimizer": opt.state_dict(), "norm_obs": obs_norm.state_dict(),
+                "norm_reward": reward_scale.state_dict(), "iteration": it, "eval_before": before}))
     finally:
         tracker.close()
         env.close()
     loop_time = time.time() - t_loop
     after = evaluate(agent, obs_norm, cfg, cfg.seed + 10_000, low, high)
     log.info(f"greedy return: {before:.1f} -> {after:.1f}")
-    return {"algo": "ppo", "env": cfg.env.name, "iterations": iterations, "env_steps": iterations * batch_size,
-            "eval/return_before": before, "eval/return_after": after,
-            "train/episodic_return_last100": float(np.mean(recent)) if recent else None,
-            "env_steps_per_s": (iterations - start) * batch_size / loop_time, "loop_time_s": loop_time,
-            "wall_time_s": time.time() - t_start}
+    return summarize(job, {"algo": "ppo", "env": cfg.env.name, "iterations": iterations,
+                           "env_steps": iterations * batch_size,
+                           "train/episodic_return_last100": float(np.mean(recent)) if recent else None,
+                           "env_steps_per_s": (iterations - job.step) * batch_size / loop_time,
+                           "loop_time_s": loop_time},
+                     "eval/return", before, after)

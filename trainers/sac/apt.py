@@ -1,4 +1,4 @@
-"""APT's asynchronous env workers (ALGORITHMS.md section 4) as Ray actors.
+"""APT's asynchronous env workers (docs/algorithms.md section 4) as Ray actors.
 
 Each worker owns one env (an `EnvRunner`) and a CPU copy of the actor. The learner keeps two `rollout` calls in
 flight per worker (Ray runs an actor's calls in order, so a worker never idles waiting for the learner); each
@@ -15,6 +15,15 @@ Ray is started (or reused) through `rl.cluster.init_ray`: the project's quiet lo
 token, 127.0.0.1, temp files under <tmp>/orchard-ray-<uid>); it is shut down at close only if we started it.
 
 `collect(actor, block, updates)` is the same call the synchronous collector answers, so `train.py` has one loop.
+
+Why these workers are plain Ray actors and not `rollout/workers.py`'s `WorkerPool`: that pool hosts LLM engines
+(its worker is a `RolloutWorker`: generate, versioned weight offers with probe checks, scoring), and its `local`
+backend runs every call inline in the caller's process, which would put env stepping back on the learner's
+critical path, the one thing APT exists to remove (in-process stepping is `workers: 0`). What APT needs is an actor
+per env, two calls in flight and `ray.wait`, plus a back-pressure bound the pool does not have; what the two share
+(starting Ray) is already shared through `rl.cluster.init_ray`. Reusing the pool would first mean making it generic
+over the actor it hosts; if the rollout runners make it so, `EnvWorker` is the second body to put behind it, and
+it would gain the pool's restart of dead workers, which APT does not have.
 """
 from __future__ import annotations
 

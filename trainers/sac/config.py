@@ -1,7 +1,7 @@
 """SAC job config (CleanRL sac_continuous_action.py defaults), plus APT's asynchronous env workers.
 
 `workers: 0` is the baseline: one env, stepped synchronously, one gradient update per env step (CleanRL).
-`workers: N` is APT (ALGORITHMS.md section 4): N Ray actors step their own env with the latest policy the
+`workers: N` is APT (docs/algorithms.md section 4): N Ray actors step their own env with the latest policy the
 learner published and send back transitions; the learner fills the replay buffer from them and trains without
 waiting, publishing its actor every `publish_every` new transitions. Its update-to-data ratio is kept between
 `min_utd` (workers wait while the learner is behind) and `max_utd` (the learner waits for data).

@@ -18,9 +18,8 @@ import torch
 
 from envs.vector import EpisodeStats, action_bounds, make_vec_env
 from rl.errors import ConfigError
-from rl.progress import Tracker
+from rl.jobkit import checkpoint, evaluate_before, make_tracker, start, summarize, write_state
 from rl.rundir import RunDir
-from rl.seeding import rng_state, seed_everything, set_rng_state
 from trainers.sac.buffer import Batch, ReplayBuffer
 from trainers.sac.config import SACConfig
 from trainers.sac.loss import actor_loss, alpha_loss, q_loss, soft_q_target
@@ -28,6 +27,8 @@ from trainers.sac.nets import Actor, SoftQ
 from trainers.sac.runner import EnvRunner
 
 log = logging.getLogger("orchard")
+
+STATE_FILE = "state.pt"  # in every checkpoint: networks, optimizers, RNGs, iteration, transitions, eval_before
 
 
 class SAC:
@@ -148,7 +149,7 @@ def evaluate_checkpoint(cfg: SACConfig, ckpt) -> dict:
     if ckpt is None:
         raise ConfigError("rl eval: a SAC policy is evaluated from a run directory with a complete checkpoint")
     sac = build_sac(cfg)
-    sac.load_state_dict(torch.load(ckpt / "state.pt", weights_only=False)["sac"])
+    sac.load_state_dict(torch.load(ckpt / STATE_FILE, weights_only=False)["sac"])
     t0 = time.time()
     ret = evaluate(sac.actor, cfg, cfg.seed + 10_000)
     return {"algo": "sac", "env": cfg.env.name, "checkpoint": str(ckpt), "policy": "deterministic",
@@ -156,31 +157,23 @@ def evaluate_checkpoint(cfg: SACConfig, ckpt) -> dict:
 
 
 def train(cfg: SACConfig, run: RunDir) -> dict:
-    t_start = time.time()
-    seed_everything(cfg.seed)
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
+    job = start(run, cfg.seed, cfg.torch_threads)
     sac = build_sac(cfg)
     sample_rng = np.random.default_rng(cfg.seed)
     iterations = max(1, -(-cfg.total_timesteps // cfg.iteration_steps))
-
-    start, global_step, before, resumed = 0, 0, None, False
-    latest = run.latest_checkpoint()
-    if latest is not None:
-        state = torch.load(latest[1] / "state.pt", weights_only=False)
+    state = job.load_state(STATE_FILE)
+    global_step = 0
+    if job.resumed:
         sac.load_state_dict(state["sac"])
-        set_rng_state(state["rng"])
         sample_rng.bit_generator.state = state["sample_rng"]
-        start, global_step, before, resumed = state["iteration"], state["global_step"], state["eval_before"], True
-        run.truncate_metrics(start)
-        log.info(f"resumed from {latest[1]} at iteration {start} ({global_step} transitions); refilling the replay buffer")
-    if before is None:
-        before = evaluate(sac.actor, cfg, cfg.seed + 10_000)
-        run.log_metrics(0, {"eval/return": before}, tensorboard=cfg.log.tensorboard)
+        global_step = state["global_step"]
+        log.info(f"{global_step} transitions done; refilling the replay buffer")
+    before = evaluate_before(run, state.get("eval_before"), lambda: evaluate(sac.actor, cfg, cfg.seed + 10_000),
+                             "eval/return", cfg.log.tensorboard)
     log.info(f"deterministic return before training: {before:.1f}")
 
     buffer = ReplayBuffer(cfg.buffer_size, sac.obs_dim, sac.act_dim)
-    env_seed = cfg.seed * 1000 + start
+    env_seed = cfg.seed * 1000 + job.step
     if cfg.workers == 0:
         collector = SyncCollector(cfg, env_seed)
     else:
@@ -188,9 +181,9 @@ def train(cfg: SACConfig, run: RunDir) -> dict:
 
         collector = AptCollector(cfg, env_seed, sac.obs_dim, sac.act_dim)
     t_loop = time.time()
-    tracker = Tracker(run, iterations, start, show={"charts/episodic_return": "return", "charts/SPS": "SPS"},
-                      progress=cfg.log.progress, tensorboard=cfg.log.tensorboard, every=cfg.log.every,
-                      desc="sac" if cfg.workers == 0 else f"sac-apt x{cfg.workers}")
+    tracker = make_tracker(run, cfg.log, iterations, job.step,
+                           {"charts/episodic_return": "return", "charts/SPS": "SPS"},
+                           "sac" if cfg.workers == 0 else f"sac-apt x{cfg.workers}")
     recent: deque[float] = deque(maxlen=max(100, cfg.target_window))
     # updates allowed so far: max_utd (sync: 1) per transition received once the buffer is ready. A resumed run
     # starts from the restored update count (else it would wait until the refill caught up with the old count).
@@ -198,15 +191,15 @@ def train(cfg: SACConfig, run: RunDir) -> dict:
     updates_at_start = sac.updates
     hit: dict | None = None  # when target_return was first reached
     stop = False
-    it = start
+    it = job.step
     m: dict[str, float] = {}
     try:
-        for it in range(start + 1, iterations + 1):
+        for it in range(job.step + 1, iterations + 1):
             t0, step0, upd0 = time.time(), global_step, sac.updates
             episodes_it: list[tuple[float, int]] = []
             while global_step < min(it * cfg.iteration_steps, cfg.total_timesteps) and not stop:
                 # collect: random actions until learning starts (for the first time), then the current actor
-                acting = resumed or global_step >= cfg.learning_starts
+                acting = job.resumed or global_step >= cfg.learning_starts
                 ready = len(buffer) >= cfg.learning_starts
                 transitions, episodes = collector.collect(sac.actor if acting else None,
                                                           block=not ready or sac.updates >= budget,
@@ -222,7 +215,7 @@ def train(cfg: SACConfig, run: RunDir) -> dict:
                     window = list(recent)[-cfg.target_window:]
                     if (hit is None and cfg.target_return is not None and len(window) == cfg.target_window
                             and np.mean(window) >= cfg.target_return):
-                        hit = {"target/wall_time_s": time.time() - t_start, "target/loop_time_s": time.time() - t_loop,
+                        hit = {"target/wall_time_s": time.time() - job.t0, "target/loop_time_s": time.time() - t_loop,
                                "target/env_steps": global_step, "target/updates": sac.updates}
                         stop = cfg.stop_at_target
                         log.info(f"target return {cfg.target_return} reached: {hit}")
@@ -238,11 +231,9 @@ def train(cfg: SACConfig, run: RunDir) -> dict:
                 metrics["charts/episodic_return"] = float(np.mean([r for r, _ in episodes_it]))
                 metrics["charts/episodic_length"] = float(np.mean([n for _, n in episodes_it]))
             tracker.log(it, metrics, force=stop)
-            # checkpoint
-            if it == iterations or stop or (cfg.checkpoint.every and it % cfg.checkpoint.every == 0):
-                with run.checkpoint_writer(it, keep=cfg.checkpoint.keep) as d:
-                    torch.save({"sac": sac.state_dict(), "rng": rng_state(), "sample_rng": sample_rng.bit_generator.state,
-                                "iteration": it, "global_step": global_step, "eval_before": before}, d / "state.pt")
+            checkpoint(run, it, iterations, cfg.checkpoint, lambda d: write_state(d / STATE_FILE, {
+                "sac": sac.state_dict(), "sample_rng": sample_rng.bit_generator.state, "iteration": it,
+                "global_step": global_step, "eval_before": before}), force=stop)
             if stop:
                 break
     finally:
@@ -251,9 +242,10 @@ def train(cfg: SACConfig, run: RunDir) -> dict:
     loop_time = time.time() - t_loop
     after = evaluate(sac.actor, cfg, cfg.seed + 10_000)
     log.info(f"deterministic return: {before:.1f} -> {after:.1f}")
-    return {"algo": "sac", "env": cfg.env.name, "workers": cfg.workers, "iterations": it, "env_steps": global_step,
-            "updates": sac.updates, "eval/return_before": before, "eval/return_after": after,
-            "train/episodic_return_last10": float(np.mean(list(recent)[-10:])) if recent else None,
-            "env_steps_per_s": global_step / loop_time, "updates_per_s": sac.updates / loop_time,
-            "loop_time_s": loop_time, "wall_time_s": time.time() - t_start,
-            **(hit or {"target/wall_time_s": None, "target/env_steps": None}), **books}
+    return summarize(job, {"algo": "sac", "env": cfg.env.name, "workers": cfg.workers, "iterations": it,
+                           "env_steps": global_step, "updates": sac.updates,
+                           "train/episodic_return_last10": float(np.mean(list(recent)[-10:])) if recent else None,
+                           "env_steps_per_s": global_step / loop_time, "updates_per_s": sac.updates / loop_time,
+                           "loop_time_s": loop_time, **(hit or {"target/wall_time_s": None, "target/env_steps": None}),
+                           **books},
+                     "eval/return", before, after)
