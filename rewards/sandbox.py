@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -259,9 +260,8 @@ class Sandbox:
                 "--", self.python, "-I", "-S", "-B", "-c", _LAUNCHER, "/sandbox/program.py", _limits_json(lim),
                 str(_slot_uid(slot) if root else -1)]
         try:  # _execute closes status_w once bwrap has it, so that reading status_r ends when bwrap exits
-            result, _ = _execute(cmd, stdin_fd, lim, pass_fds=(prog_fd, status_w), env={"PATH": "/usr/bin:/bin"},
-                                 close_after_start=(status_w,))
-            status = _read_all(status_r)
+            result, status = _execute(cmd, stdin_fd, lim, pass_fds=(prog_fd, status_w), env={"PATH": "/usr/bin:/bin"},
+                                      close_after_start=(status_w,), status_fd=status_r)
         finally:
             for fd in (prog_fd, stdin_fd, status_r):
                 os.close(fd)
@@ -295,15 +295,6 @@ def _memfd(name: str, text: str) -> int:
     os.lseek(fd, 0, os.SEEK_SET)
     os.set_inheritable(fd, False)
     return fd
-
-
-def _read_all(fd: int) -> str:
-    chunks = []
-    while True:
-        b = os.read(fd, 65536)
-        if not b:
-            return b"".join(chunks).decode(errors="replace")
-        chunks.append(b)
 
 
 def _bwrap_mounts(python: str) -> list[str]:
@@ -343,9 +334,12 @@ def _bwrap_mounts(python: str) -> list[str]:
 
 
 def _execute(cmd: list[str], stdin_fd: int, lim: Limits, pass_fds: tuple, env: dict, cwd: str | None = None,
-             close_after_start: tuple = ()) -> tuple[ExecResult, int]:
+             close_after_start: tuple = (), status_fd: int = -1) -> tuple[ExecResult, str]:
     """Start `cmd` in its own process group, collect stdout/stderr up to the output cap until it exits or the wall
-    limit passes; kill the whole group on either limit. Returns (result, pid)."""
+    limit passes; kill on either limit. `status_fd`: bwrap's --json-status-fd, read alongside; once it names the
+    sandbox's init process (`child-pid`), a kill goes to that process: the kernel then kills everything in its pid
+    namespace, and the init exits (so bwrap does, so we return) only once all of them are gone. Returns (result, bwrap
+    status text)."""
     t0 = time.perf_counter()
     try:
         proc = subprocess.Popen(cmd, stdin=stdin_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -355,14 +349,16 @@ def _execute(cmd: list[str], stdin_fd: int, lim: Limits, pass_fds: tuple, env: d
     finally:
         for fd in close_after_start:
             os.close(fd)
-    out, err = bytearray(), bytearray()
+    out, err, status = bytearray(), bytearray(), bytearray()
     killed_for = ""
     deadline = t0 + lim.wall_s
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, out)
     sel.register(proc.stderr, selectors.EVENT_READ, err)
+    if status_fd >= 0:
+        sel.register(status_fd, selectors.EVENT_READ, status)
     try:
-        while sel.get_map():
+        while any(k.data is not status for k in sel.get_map().values()):
             left = deadline - time.perf_counter()
             if left <= 0:
                 killed_for = "wall limit"
@@ -377,13 +373,16 @@ def _execute(cmd: list[str], stdin_fd: int, lim: Limits, pass_fds: tuple, env: d
                 killed_for = "output limit"
                 break
         if killed_for:
-            _kill_group(proc)
+            _kill(proc, status)
         try:
             rc = proc.wait(timeout=max(0.05, deadline - time.perf_counter()))
         except subprocess.TimeoutExpired:  # output closed (e.g. the program closed fd 1 and 2) but still running
             killed_for = "wall limit"
-            _kill_group(proc)
+            _kill(proc, status)
             rc = proc.wait()
+        if status_fd >= 0:
+            while chunk := os.read(status_fd, 65536):  # bwrap has exited: its write end is closed
+                status.extend(chunk)
     finally:
         sel.close()
         proc.stdout.close()
@@ -391,12 +390,18 @@ def _execute(cmd: list[str], stdin_fd: int, lim: Limits, pass_fds: tuple, env: d
     wall = time.perf_counter() - t0
     keep = lim.output_bytes
     stdout, stderr = out[:keep].decode(errors="replace"), err[:max(0, keep - len(out))].decode(errors="replace")
-    return _classify(rc, killed_for, stdout, stderr, wall, lim, bwrapped=cmd[0].endswith("bwrap")), proc.pid
+    return (_classify(rc, killed_for, stdout, stderr, wall, lim, bwrapped=status_fd >= 0),
+            status.decode(errors="replace"))
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill(proc: subprocess.Popen, status: bytearray) -> None:
+    """SIGKILL the sandbox's init (its pid namespace dies with it) if bwrap has named it, else the process group."""
+    m = re.search(rb'"child-pid": *(\d+)', bytes(status))
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if m:
+            os.kill(int(m.group(1)), signal.SIGKILL)
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
 
