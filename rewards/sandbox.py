@@ -27,7 +27,6 @@ reported as the program's failure.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -110,18 +109,19 @@ class ExecResult:
         return self.status is Status.OK
 
 
-# Runs inside the sandbox as `python -I -S -B -c _LAUNCHER program_path limits_json uid`: reads the program, sets
+# Runs inside the sandbox as `python -I -S -B -c _LAUNCHER program_path limits uid`: reads the program, sets
 # the rlimits (before dropping root, so the hard limits cannot be raised again), drops to `uid` when it is root,
 # and executes the program as __main__ in a fresh namespace (one interpreter start per execution).
 _LAUNCHER = r"""
-import json, os, resource as R, sys
+import os, resource as R, sys
 def _boot():
-    path, lim, uid = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    path, uid = sys.argv[1], int(sys.argv[3])
+    cpu, mem, nproc, fsize, nofile = (int(x) for x in sys.argv[2].split(","))
     with open(path) as f:
         src = f.read()
-    for k, v in (("CPU", (lim["cpu"], lim["cpu"] + 1)), ("AS", (lim["mem"],) * 2), ("NPROC", (lim["nproc"],) * 2),
-                 ("FSIZE", (lim["fsize"],) * 2), ("NOFILE", (lim["nofile"],) * 2), ("CORE", (0, 0))):
-        R.setrlimit(getattr(R, "RLIMIT_" + k), v)
+    for k, v in ((R.RLIMIT_CPU, (cpu, cpu + 1)), (R.RLIMIT_AS, (mem, mem)), (R.RLIMIT_NPROC, (nproc, nproc)),
+                 (R.RLIMIT_FSIZE, (fsize, fsize)), (R.RLIMIT_NOFILE, (nofile, nofile)), (R.RLIMIT_CORE, (0, 0))):
+        R.setrlimit(k, v)
     if uid >= 0 and os.getuid() == 0:
         os.setgroups([]); os.setgid(uid); os.setuid(uid)
     del sys.argv[1:]
@@ -257,7 +257,7 @@ class Sandbox:
                 "--perms", "0755", "--dir", "/sandbox", "--perms", "0444", "--ro-bind-data", str(prog_fd),
                 "/sandbox/program.py", "--remount-ro", "/", "--chdir", "/tmp",
                 "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
-                "--", self.python, "-I", "-S", "-B", "-c", _LAUNCHER, "/sandbox/program.py", _limits_json(lim),
+                "--", self.python, "-I", "-S", "-B", "-c", _LAUNCHER, "/sandbox/program.py", _limits_arg(lim),
                 str(_slot_uid(slot) if root else -1)]
         try:  # _execute closes status_w once bwrap has it, so that reading status_r ends when bwrap exits
             result, status = _execute(cmd, stdin_fd, lim, pass_fds=(prog_fd, status_w), env={"PATH": "/usr/bin:/bin"},
@@ -275,7 +275,7 @@ class Sandbox:
         with tempfile.TemporaryDirectory(prefix="orchard-sandbox-") as tmp:
             path = Path(tmp) / "program.py"
             path.write_text(program)
-            cmd = [self.python, "-I", "-S", "-B", "-c", _LAUNCHER, str(path), _limits_json(lim), "-1"]
+            cmd = [self.python, "-I", "-S", "-B", "-c", _LAUNCHER, str(path), _limits_arg(lim), "-1"]
             try:
                 result, _ = _execute(cmd, stdin_fd, lim, pass_fds=(), env={"HOME": tmp, "LANG": "C.UTF-8"}, cwd=tmp)
             finally:
@@ -283,9 +283,9 @@ class Sandbox:
         return result
 
 
-def _limits_json(lim: Limits) -> str:
-    return json.dumps({"cpu": int(lim.cpu_s), "mem": lim.memory_mb << 20, "nproc": lim.processes,
-                       "fsize": lim.file_mb << 20, "nofile": lim.open_files})
+def _limits_arg(lim: Limits) -> str:
+    """The launcher's second argument: cpu seconds, address-space bytes, processes, file bytes, open files."""
+    return f"{int(lim.cpu_s)},{lim.memory_mb << 20},{lim.processes},{lim.file_mb << 20},{lim.open_files}"
 
 
 def _memfd(name: str, text: str) -> int:
