@@ -115,14 +115,31 @@ def values_equal(value, answer, tol: float = 1e-9) -> bool:
     return type(value) is type(answer) and value == answer
 
 
+def uses_only(tree: ast.AST, numbers) -> bool:
+    """Every int literal of the expression is one of `numbers`, each used at most as often as it is listed (the
+    Countdown rule). `numbers`: a list of ints or a string of them ("37,45" or JSON)."""
+    if isinstance(numbers, str):
+        numbers = json.loads(numbers) if numbers.strip().startswith("[") else re.findall(r"-?\d+", numbers)
+    left = [int(x) for x in numbers]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, complex)) \
+                and not isinstance(node.value, bool):
+            if node.value not in left:
+                return False
+            left.remove(node.value)
+    return True
+
+
 @REWARDS.register("python_expression")
-def python_expression(prompts: list[str], completions: list[str], answer: list, min_operators: int = 0,
-                      timeout_s: float = 2.0, memory_mb: int = 256, isolation: str | None = None,
-                      workers: int | None = None, eos_texts: Sequence[str] = EOS_TEXTS, **columns) -> ScoredList:
+def python_expression(prompts: list[str], completions: list[str], answer: list, numbers: list | None = None,
+                      min_operators: int = 0, timeout_s: float = 2.0, memory_mb: int = 256,
+                      isolation: str | None = None, workers: int | None = None, eos_texts: Sequence[str] = EOS_TEXTS,
+                      **columns) -> ScoredList:
     """1.0 when the completion (stripped, trailing EOS texts removed) is a Python expression whose value, computed in
-    the sandbox, equals `answer` (parsed as a Python literal; numbers compare within 1e-9 relative); else 0.0. An
-    expression with fewer than `min_operators` operators (e.g. the bare literal `82` with min_operators=1) scores
-    0.0 without running. Syntax errors are found here, without a sandbox run."""
+    the sandbox, equals `answer` (parsed as a Python literal; numbers compare within 1e-9 relative); else 0.0.
+    Judged here without running (0.0): a syntax error; fewer than `min_operators` operators (the bare literal `82`
+    with min_operators=1); with a `numbers` column, a number literal that is not one of the sample's numbers (each
+    usable once, so `82` or `37+45+0` fails for numbers [37, 45])."""
     sandbox = _sandbox("python_expression", isolation, workers)
     lim = _limits(timeout_s, memory_mb)
     values: list[float] = [0.0] * len(completions)
@@ -134,7 +151,7 @@ def python_expression(prompts: list[str], completions: list[str], answer: list, 
             tree = ast.parse(expr, mode="eval")
         except (SyntaxError, ValueError, MemoryError, RecursionError):
             continue
-        if count_operators(tree) < min_operators:
+        if count_operators(tree) < min_operators or (numbers is not None and not uses_only(tree, numbers[i])):
             continue
         token = secrets.token_hex(8)
         todo.append(i)

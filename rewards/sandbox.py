@@ -194,8 +194,8 @@ class Sandbox:
         else:
             self.bwrap = ""
             log.warning("code sandbox: isolation='rlimits_only' was chosen: untrusted code runs WITHOUT namespace "
-                        "isolation (it sees your files, environment-free but as your user, and the network); only "
-                        "CPU, memory, file-size, output and wall-clock limits apply%s",
+                        "isolation: as your user, able to read and write your files and to use the network (only its "
+                        "environment is cleared); just CPU, memory, file-size, output and wall-clock limits apply%s",
                         ", and not the process limit (you are root)" if os.geteuid() == 0 else "")
 
     # --- public ---------------------------------------------------------------------------------------------

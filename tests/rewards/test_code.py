@@ -43,6 +43,15 @@ def test_python_expression_without_operator_rule_and_other_types():
     assert got.metrics["sandbox/executions"] == 8.0
 
 
+def test_python_expression_uses_only_the_given_numbers():
+    completions = ["37+45", "45+37", "82", "37+45+0", "37*2+8", "37+37+8", "(37+45)</s>"]
+    got = REWARDS.get("python_expression")(prompts=["37,45=82:"] * 7, completions=completions, answer=["82"] * 7,
+                                           numbers=[[37, 45]] * 6 + ["37,45"])
+    # other numbers (82, 0, 2, 8) or a number used twice fail without running; the order is free
+    assert list(got) == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    assert got.metrics["sandbox/executions"] == 3.0
+
+
 def test_operator_count_and_equality():
     import ast
     assert count_operators(ast.parse("9*9+1", mode="eval")) == 2
