@@ -9,12 +9,13 @@ than a pass scores 0.0 (a defined failure value), and the job goes on; a sandbox
 
 Judging happens on the host where it can: `python_expression` parses the printed repr of the value as a literal
 and compares it with the answer here, and stdin/stdout tests compare the output here, so a completion cannot pass
-by returning an object whose `__eq__` always says yes, by printing the answer's text, or by exiting early. Assert
-tests must run next to the code, in its process: each test's result is written with a random per-execution token
-to a copy of stdout taken before the code runs, so printing fake results or exiting early does not pass, but an
-object with a lying `__eq__` does pass an `assert f(x) == y`, and code that digs the token out of the harness's
-frames could forge results (true of any in-process harness). Prefer stdin/stdout tests where reward hacking
-matters.
+by returning an object whose `__eq__` always says yes, by printing the answer's text, or by exiting early (the
+value is only read after a random per-execution token). Assert tests must run next to the code, in its process:
+each test's result is written with such a token to a copy of stdout taken before the code runs, so printing fake
+results or exiting early does not pass, but an object with a lying `__eq__` does pass an `assert f(x) == y`. Code
+that digs a token out of the harness's frames could forge a result (true of any in-process harness; the program
+file itself is unreadable to the sandboxed uid when the job runs as root). Prefer stdin/stdout tests where reward
+hacking matters.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ _FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:```|\Z)", r
 
 
 class ScoredList(list):
-    """A reward's values (a plain list, as TRL expects) carrying `metrics` for the runner to log."""
+    """A reward's values (a plain list, as TRL expects) carrying `metrics` for the runner to log (from a batch call
+    that returned; when the runner re-calls sample by sample after an exception, they are not logged)."""
 
     def __init__(self, values, metrics: dict[str, float]):
         super().__init__(values)
@@ -159,9 +161,8 @@ def python_expression(prompts: list[str], completions: list[str], answer: list, 
         programs.append(_EXPR_PROGRAM.format(expr=expr, token=token))
     results = _map("python_expression", sandbox, programs, [""] * len(programs), lim)
     for i, token, r in zip(todo, tokens, results):
-        outcomes[i] = _STATUS_OUTCOME[r.status]
+        outcomes[i] = _STATUS_OUTCOME[r.status] if r.status is not Status.OK else "failed"  # until the value is right
         if r.status is not Status.OK or not r.stdout.startswith(token):
-            outcomes[i] = "failed" if r.status is Status.OK else outcomes[i]
             continue
         try:
             value = ast.literal_eval(r.stdout[len(token):])

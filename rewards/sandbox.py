@@ -254,7 +254,7 @@ class Sandbox:
                 if root else ["--unshare-all", "--unshare-user", "--disable-userns"])
         cmd += self._mounts + ["--proc", "/proc", "--dev", "/dev"]
         cmd += ["--size", str(lim.file_mb << 20), "--perms", "1777", "--tmpfs", "/tmp",
-                "--perms", "0755", "--dir", "/sandbox", "--perms", "0444", "--ro-bind-data", str(prog_fd),
+                "--perms", "0755", "--dir", "/sandbox", "--perms", "0400", "--ro-bind-data", str(prog_fd),
                 "/sandbox/program.py", "--remount-ro", "/", "--chdir", "/tmp",
                 "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
                 "--", self.python, "-I", "-S", "-B", "-c", _LAUNCHER, "/sandbox/program.py", _limits_arg(lim),

@@ -254,3 +254,15 @@ def test_attacks_through_the_reward_score_zero_are_counted_and_the_job_goes_on(t
     assert os.getcwd() == cwd and os.environ["ORCHARD_TEST_SECRET"] == "do-not-leak" and keep.read_text() == "intact"
     again = rs(["p"], ["def f(x):\n    return x + 1"], {"tests": [["assert f(1) == 2"]]})
     assert again.per_fn["code_tests"].tolist() == [1.0]
+
+
+def test_the_program_file_is_unreadable_once_it_runs(sandbox):
+    """As root the launcher reads the program, then drops to the sandbox uid: the harness (and its tokens) cannot be
+    read back from the file. As another user the file stays readable (the uid does not change)."""
+    r = sandbox.run("try:\n    print(len(open('/sandbox/program.py').read()))\nexcept OSError as e:\n"
+                    "    print('unreadable', type(e).__name__)\n")
+    assert r.ok
+    if os.geteuid() == 0:
+        assert r.stdout.strip() == "unreadable PermissionError"
+    else:
+        assert r.stdout.strip().isdigit()
