@@ -10,9 +10,17 @@ export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export RAY_AUTH_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test test-fast bench clean
+.PHONY: setup run test test-fast bench clean sandbox-tools
 
-setup: $(STAMP)
+setup: $(STAMP) sandbox-tools
+
+# Code-executing rewards run untrusted code in bubblewrap (rewards/sandbox.py); install it as root with apt-get.
+sandbox-tools:
+	@command -v bwrap >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q bubblewrap >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q bubblewrap; }; \
+	else echo "warning: bwrap (bubblewrap) is missing and cannot be installed here (needs root and apt-get): run" \
+	  "'sudo apt-get install -y bubblewrap' (Fedora: 'sudo dnf install bubblewrap'); until then code-executing" \
+	  "rewards refuse to run unless you opt into ORCHARD_SANDBOX=rlimits_only"; fi; }
 
 $(STAMP): requirements.txt pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (Orchard needs Python 3.11; set PY=/path/to/python3.11)"; exit 1; }
@@ -24,15 +32,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) sandbox-tools
 	$(BIN)/rl train configs/grpo_tiny.yaml
 
 # vLLM tests run in their own process: its in-process engine changes torch/OpenMP threading for the whole process.
-test: $(STAMP)
+test: $(STAMP) sandbox-tools
 	$(BIN)/python -m pytest -q -x --durations=10 -m "not vllm"
 	$(BIN)/python -m pytest -q -x --durations=5 -m vllm
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) sandbox-tools
 	$(BIN)/python -m pytest -q -m "not slow and not vllm"
 
 bench: $(STAMP)

@@ -85,3 +85,5 @@ def load_prompts(name_or_path: str, split: str, size: int, seed: int, prompt_key
         raise ConfigError(f"data.name: '{name_or_path}' is neither a .jsonl file nor a registered dataset"
                           f"{did_you_mean(name_or_path, DATASETS.names())}; known: {', '.join(DATASETS.names())}")
     return DATASETS.get(name_or_path)(split, size, seed)
+
+from envs import expressions as _expressions  # noqa: E402,F401  registers make_number (the sandboxed-reward recipe)

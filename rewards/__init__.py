@@ -4,6 +4,7 @@ The trainer builds a `RewardSet` from `RewardSpec`s (the entries of a job config
 each batch; `RewardOutput` carries the summed rewards, a validity mask, per-function values and metrics.
 """
 from rewards.builtin import REWARDS
+from rewards import code as _code  # noqa: F401  registers python_expression and code_tests (sandboxed)
 from rewards.loader import load_reward_fn
 from rewards.runner import RewardOutput, RewardSet, RewardSpec
 

@@ -65,7 +65,8 @@ class RewardOutput:
     valid: torch.Tensor  # [B] bool: False where a function failed on the sample (on_error="drop")
     per_fn: dict[str, torch.Tensor]  # name -> [B] float32 raw values, NaN for None and for failed samples
     metrics: dict[str, float]  # reward/<name>/{mean,dropped,time_s}, reward/none_frac/<name>,
-    #                            reward/{dropped,all_none,all_none_frac,time_s}
+    #                            reward/{dropped,all_none,all_none_frac,time_s}, and reward/<name>/<key> for each
+    #                            key of a `.metrics` dict on the list a function returned (rewards.code.ScoredList)
 
 
 @dataclass
@@ -94,6 +95,7 @@ class _Scores:
     failed: list[bool]
     seconds: float
     first_failure: str = ""  # message for the first failed sample, for the drop-mode warning
+    extra: dict = field(default_factory=dict)  # the returned list's own `.metrics` (e.g. sandbox outcome counts)
 
 
 class RewardSet:
@@ -143,7 +145,8 @@ class RewardSet:
             first = _nonfinite_message(f.name, values, failed, prompts, completions)
             if first and self.on_error == "raise":
                 raise RewardError(first)
-            scores = _Scores([None if bad else v for v, bad in zip(values, failed)], failed, result.seconds, first)
+            scores = _Scores([None if bad else v for v, bad in zip(values, failed)], failed, result.seconds, first,
+                             dict(getattr(result.value, "metrics", None) or {}))
         else:
             per_sample = self._isolate(f, prompts, completions, columns, stop_at_first=self.on_error == "raise")
             scores = self._per_sample_scores(f, result, per_sample, prompts, completions)
@@ -381,6 +384,7 @@ def _combine(fns: list[_Fn], scores: dict[str, _Scores]) -> RewardOutput:
         metrics[f"reward/{f.name}/dropped"] = float(failed.sum())
         metrics[f"reward/{f.name}/time_s"] = s.seconds
         metrics[f"reward/none_frac/{f.name}"] = (~present & ~failed).float().mean().item() if B else 0.0
+        metrics.update({f"reward/{f.name}/{k}": float(v) for k, v in s.extra.items()})
     metrics["reward/dropped"] = float((~valid).sum())
     metrics["reward/all_none"] = float((valid & ~applicable).sum())
     metrics["reward/all_none_frac"] = (~applicable).float().mean().item() if B else 0.0  # no number from any fn

@@ -190,3 +190,5 @@ def resolve_model_path(path_or_name: str, seed: int = 0, key: str = "model.path"
         f"{key}: '{path_or_name}' is neither a local model directory nor a zoo model"
         f"{did_you_mean(path_or_name, MODELS.names())}; zoo models: {', '.join(MODELS.names())}"
     )
+
+from rl import zoo_expression as _zoo_expression  # noqa: E402,F401  registers tiny-expr (rl/zoo_expression.py)

@@ -10,4 +10,5 @@ BENCHES: dict[str, str] = {
     "async": "rl.bench.async_",
     "marl": "rl.bench.marl",
     "sync": "rl.bench.sync",
+    "sandbox": "rl.bench.sandbox",
 }
