@@ -30,7 +30,7 @@ import math
 import numbers
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch

@@ -98,7 +98,7 @@ class ZooBuildError(OrchardError):
     """A zoo model built, but its measured quality is outside the band its recipe promises (nothing was cached)."""
 
 
-MODEL_PROVIDERS = ("trainers.sft.tiny_arith",)
+MODEL_PROVIDERS = ("trainers.sft.tiny_arith", "trainers.sft.tiny_expr")
 """Modules above rl core that register zoo models when imported (tiny-arith: trainers/sft/tiny_arith.py). The
 registry imports them the first time it is read, so `rl models`, `rl train` (model.path: tiny-arith) and
 `resolve_model_path` see their models while this module imports neither trainers/ nor envs/."""
@@ -191,4 +191,3 @@ def resolve_model_path(path_or_name: str, seed: int = 0, key: str = "model.path"
         f"{did_you_mean(path_or_name, MODELS.names())}; zoo models: {', '.join(MODELS.names())}"
     )
 
-from rl import zoo_expression as _zoo_expression  # noqa: E402,F401  registers tiny-expr (rl/zoo_expression.py)

@@ -3,7 +3,7 @@ import pytest
 
 from envs.datasets import load_prompts
 from rl.errors import ConfigError
-from rl.zoo_expression import expr_teacher, judge
+from trainers.sft.tiny_expr import expr_teacher, judge
 
 
 def test_rows_splits_and_columns():

@@ -21,7 +21,7 @@ def test_python_expression_values_and_outcomes():
     # 37+45=82, 9*9+1=82, 80+2=82 (EOS stripped) pass; the bare literal 82 has 0 operators < min_operators=1 and
     # "4*" does not parse: both judged here without running; 100-17=83 is wrong; 1/0 raises; 9**9**9 runs past the
     # CPU limit; the object whose __eq__ always says yes has a repr that is no literal
-    rs = RewardSet([RewardSpec("python_expression", kwargs={"min_operators": 1, "timeout_s": 2.0})], timeout_s=60)
+    rs = RewardSet([RewardSpec(fn="python_expression", kwargs={"min_operators": 1, "timeout_s": 2.0})], timeout_s=60)
     out = rs(["82="] * len(completions), completions, {"answer": ["82"] * len(completions)})
     assert _values(out, "python_expression") == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     m = {k.split("/")[-1]: v for k, v in out.metrics.items() if k.startswith("reward/python_expression/sandbox/")}

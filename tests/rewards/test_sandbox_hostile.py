@@ -239,7 +239,7 @@ def test_attacks_through_the_reward_score_zero_are_counted_and_the_job_goes_on(t
     keep = tmp_path / "keep.txt"
     keep.write_text("intact")
     cwd = os.getcwd()
-    rs = RewardSet([RewardSpec("code_tests", kwargs={"timeout_s": 3.0, "memory_mb": 256, "workers": 2})],
+    rs = RewardSet([RewardSpec(fn="code_tests", kwargs={"timeout_s": 3.0, "memory_mb": 256, "workers": 2})],
                    timeout_s=120)
     completions = list(ATTACKS)
     out = rs(["p"] * len(completions), completions, {"tests": [["assert f(1) == 2"]] * len(completions)})

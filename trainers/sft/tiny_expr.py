@@ -1,6 +1,6 @@
 """Zoo model `tiny-expr`: the policy of the sandboxed-reward recipe (`configs/grpo_expression_tiny.yaml`).
 
-`random-3m` warm-started, as `tiny-arith` is, by a short supervised run (rl/sft.py) on the `make_number` train split
+`random-3m` warm-started, as `tiny-arith` is, by a short supervised run (trainers/sft/train.py) on the `make_number` train split
 (`37,45=82:` -> `37+45`), with labels from a noisy teacher that picks the wrong operator where the digits make it
 easy to (a carry in a sum, a borrow in a difference) with probability `teacher_op_error`. The model learns both
 operators there, so the right expression is in its distribution but often not its mode: the regime where RL with a
@@ -55,7 +55,7 @@ def build_tiny_expr(out_dir: Path, seed: int) -> dict:
     import torch
 
     from envs.datasets import load_prompts
-    from rl.sft import sft
+    from trainers.sft.train import sft
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # reproducible rounding and no oversubscription, as tiny-arith
@@ -109,7 +109,7 @@ def check_tiny_expr(out_dir: Path, seed: int, record: dict) -> dict:
             f"zoo model 'tiny-expr' (seed {seed}) built outside its band: greedy held-out accuracy {g:.3f} (expected "
             f"{b['greedy_min']:.2f}-{b['greedy_max']:.2f}), pass@{b['k']} {p:.3f} (expected >= {b['pass_at_k_min']:.2f})"
             f" on {q['problems']} held-out problems; final SFT loss {record.get('final_sft_loss', float('nan')):.3f}. "
-            f"The model was not cached. This is a bug in the warm-start recipe (rl/zoo_expression.py TINY_EXPR_SFT): "
+            f"The model was not cached. This is a bug in the warm-start recipe (trainers/sft/tiny_expr.py TINY_EXPR_SFT): "
             f"please report it with this message")
     return {"held_out": q, "band": b}
 
