@@ -183,7 +183,7 @@ class RolloutController:
         itself, once, when it needs them); broadcast, None (it loads what its weights thread received)."""
         probe = self._probe_args()
         box = None if self.hub is not None else [self.weights_ref]
-        if self.send_offers and self.hub is None:  # weights thread: loaded at its next chunk boundary if generating
+        if self.send_offers and self.hub is None:  # weights thread: loaded between its engine calls if mid-task
             self._call(i, _ignore, "offer_weights", box, self.version, probe)
         self._call(i, self._on_loaded, "update_weights", box, self.version, probe, sync_part=True,
                    restart_on_failure=True)

@@ -2,17 +2,18 @@
 behind one pool (`WorkerPool`, over a `LocalBackend` or a `RayBackend`).
 
 A worker only runs tasks (its runner, `rollout/runners/`, turns a task into trajectories with the engine), loads
-weights and scores; it knows nothing of rewards or staleness (the controller, `rollout/controller.py`, does that). Calls return handles; `WorkerPool.wait` returns the finished
-ones and `WorkerPool.result` their value, raising `WorkerDied` when the worker's process is gone (killed,
-crashed, out of memory), so the controller can restart it and re-queue its work.
+weights and scores; it knows nothing of rewards or staleness (the controller, `rollout/controller.py`, does that).
+Calls return handles; `WorkerPool.wait` returns the finished ones and `WorkerPool.result` their value (a dataclass
+of `rollout.types`, or seconds for the weight calls), raising `WorkerDied` when the worker's process is gone
+(killed, crashed, out of memory), so the controller can restart it and re-queue its work.
 
 Partial rollouts (a runner with `mid_task_weights`, e.g. `chunked`): a runner makes several engine calls per task
 and, between them, the worker loads the newest weights it has been offered, so later tokens carry the newer
-policy version. Weights reach a busy
-worker because its Ray actor has a second thread, the `weights` concurrency group, that only runs
-`offer_weights`: it fetches the tensors and stores them as the one pending (weights, version), newest wins. Every
-other call (run, generate, update_weights, check, score, info) runs on the engine's own thread, one at a time in
-submission order, exactly as in a plain actor, and only that thread touches the engine:
+policy version. Weights reach a busy worker because its Ray actor has a second thread, the `weights` concurrency
+group, that only runs `offer_weights`: it fetches the tensors and stores them as the one pending (weights,
+version), newest wins. Every other call (run, generate, update_weights, check, score, info) runs on the engine's
+own thread, one at a time in submission order, exactly as in a plain actor, and only that thread touches the
+engine:
 
 - ordered: the engine's version only grows. Pending weights are replaced only by a strictly newer version (an
   older or repeated offer that arrives late is dropped) and are loaded only when newer than the engine's; a

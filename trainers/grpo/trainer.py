@@ -149,7 +149,7 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float
     def score_fn(task, trajectories):
         rows = [train_rows[i] for i in task.prompt_indices]
         completions = tok.batch_decode([x.as_sample().completion_ids for x in trajectories], skip_special_tokens=True)
-        out = score(reward_set, rows, G, completions)
+        out = score(reward_set, rows, task.group_size, completions)
         return out.rewards, out.valid, out.metrics
 
     def write_workers(infos: list[dict]) -> None:
