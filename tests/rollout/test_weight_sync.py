@@ -248,8 +248,8 @@ def test_vllm_worker_takes_broadcast_weights_and_passes_the_probe(local_ray, mod
     except OrchardError as e:
         pytest.skip(f"vLLM is not importable here: {e}")
     env = {k: v for k, v in os.environ.items() if k.startswith("VLLM_")}
-    pool = WorkerPool("ray", 1, {"kind": "vllm", "model_path": str(model_dir), "engine_opts": {"seed": 0}},
-                      weights_thread=True, env_vars=env)
+    pool = WorkerPool("ray", 1, EngineSpec("vllm", str(model_dir)), SingleTurnRunner(), weights_thread=True,
+                      env_vars=env)
     ctrl = _broadcast_controller(pool, prompts, SyncHub(2, "gloo", timeout_s=60))
     try:
         src = Source(base_model)  # the trainer: one sender in the group, its model trained in place
