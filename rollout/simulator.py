@@ -33,9 +33,6 @@ class SimResult:
     max_staleness_seen: int
     mean_staleness: float
 
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
 
 def simulate(*, workers: int, groups_per_step: int, prompts_per_task: int, group_size: int, max_staleness: int,
              gen_s: float, train_s: float, sync_s: float = 0.0, steps: int = 50, trainer_ranks: int = 1,

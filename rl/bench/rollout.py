@@ -51,8 +51,10 @@ def _cell(engine_kind: str, size: str, prompts: int, new_tokens: int, repeats: i
 
     path = build(f"random-{size}")
     n_params = _param_count(path)
-    engine = make_engine(engine_kind, str(path), dtype="float32", seed=0, max_batch=prompts, max_model_len=256,
-                         gpu_memory_utilization=0.5, enforce_eager=True)
+    options = {"max_batch": prompts}
+    if engine_kind == "vllm":
+        options.update(max_model_len=256, gpu_memory_utilization=0.5, enforce_eager=True)
+    engine = make_engine(engine_kind, str(path), dtype="float32", seed=0, options=options)
     rng = torch.Generator().manual_seed(0)
     batch = [torch.randint(4, 60, (int(torch.randint(4, 12, (1,), generator=rng)),), generator=rng).tolist()
              for _ in range(prompts)]

@@ -31,15 +31,16 @@ def add_arguments(p) -> None:
 
 def _measure(cfg, trainer, model_dir, transport: str, repeats: int) -> dict:
     from rollout.controller import RolloutController
+    from rollout.launch import start_workers, sync_hub
     from rollout.types import Sample, SamplingParams
     from trainers.grpo.batch import PromptSampler
-    from trainers.grpo.trainer import start_workers, sync_hub
 
     c = cfg.cluster
-    hub = sync_hub(cfg, trainer, transport)
-    pool = start_workers(cfg, model_dir, weights_thread=hub is not None)
+    hub = sync_hub(c, trainer.device, transport)
+    pool = start_workers(c, cfg.rollout, model_dir=model_dir, dtype=cfg.model.dtype, seed=cfg.seed,
+                         weights_thread=hub is not None)
 
-    def no_scoring(prompt_indices, samples):  # never called: this bench generates nothing (last_step 0)
+    def no_scoring(task, trajectories):  # never called: this bench generates nothing (last_step 0)
         raise RuntimeError("rl bench sync generates nothing")
 
     ctrl = RolloutController(pool, prompt_ids=[[1]], sampler=PromptSampler(1, 0), score_fn=no_scoring, group_size=1,

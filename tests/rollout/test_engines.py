@@ -69,7 +69,7 @@ def test_policy_logprobs_is_unaffected_by_left_padding(base_model):
 
 # --- HF engine (no vLLM needed) ----------------------------------------------------------------------------------
 def test_hf_engine_matches_recompute_greedy_and_sampled(model_dir, prompts, base_model, tokenizer):
-    e = make_engine("hf", str(model_dir), seed=0, max_batch=3)  # chunks of 3: padding differs per chunk
+    e = make_engine("hf", str(model_dir), seed=0, options={"max_batch": 3})  # chunks of 3: padding differs per chunk
     greedy = e.generate(prompts, GREEDY)
     check_samples(greedy, prompts, 0, tokenizer.eos_token_id, 12)
     assert max_err(lps(greedy), recompute(base_model, greedy, 0.0)) < TOL
@@ -132,11 +132,34 @@ def load_fresh(model_dir):
 
 
 def test_make_engine_options(model_dir):
-    with pytest.raises(ValueError, match="unknown engine 'sglang'"):
+    """Engines come from the registry, each with its own typed options section: another engine's options, an
+    unknown or ill-typed field, or another engine's section are errors naming what is wrong."""
+    from pydantic import ValidationError
+
+    from rl.config import load_config
+    from rollout.engine import ENGINES, engine_options
+    from rollout.hf_engine import HFOptions
+    from rollout.logprobs import ESTIMATORS
+    from rollout.vllm_engine import VLLMOptions
+
+    assert ENGINES.names() == ["hf", "vllm"]
+    with pytest.raises(KeyError, match="unknown rollout engine 'sglang'"):
         make_engine("sglang", str(model_dir))
-    make_engine("hf", str(model_dir), max_model_len=64, gpu_memory_utilization=0.5)  # vLLM-only options: ignored
-    with pytest.raises(TypeError):
-        make_engine("hf", str(model_dir), max_batchh=4)
+    with pytest.raises(ValidationError, match="max_model_len"):  # a vLLM option is not an HF option
+        make_engine("hf", str(model_dir), options={"max_model_len": 64})
+    with pytest.raises(ValidationError, match="max_batchh"):
+        make_engine("hf", str(model_dir), options={"max_batchh": 4})
+    with pytest.raises(TypeError, match="takes HFOptions options, got VLLMOptions"):
+        make_engine("hf", str(model_dir), options=VLLMOptions())
+    e = make_engine("hf", str(model_dir), options={"max_batch": 3})
+    assert e.max_batch == 3 and e.estimator is ESTIMATORS.get("causal")  # the estimator loaded the model
+    with pytest.raises(KeyError, match="unknown log-prob estimator 'diffusion'"):
+        make_engine("hf", str(model_dir), estimator="diffusion")
+    # one default per option: the config's sections are the engines' own
+    cfg = load_config("configs/grpo_tiny.yaml", ["rollout.vllm.gpu_memory_utilization=0.4"])
+    assert isinstance(cfg.rollout.hf, HFOptions) and cfg.rollout.engine_options is cfg.rollout.hf
+    assert VLLMOptions().gpu_memory_utilization == 0.3 and cfg.rollout.vllm.gpu_memory_utilization == 0.4
+    assert engine_options("vllm") == VLLMOptions() and engine_options("hf", {"max_batch": 2}).max_batch == 2
 
 
 # --- vLLM vs HF vs the trainer -----------------------------------------------------------------------------------

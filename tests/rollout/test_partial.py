@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from rollout.engine import make_engine
-from rollout.types import Sample, SamplingParams
-from rollout.workers import RolloutWorker, WorkerPool, chunk_seed, generate_in_chunks
+from rollout.engine import EngineSpec, make_engine
+from rollout.runners.chunked import ChunkedRunner, chunk_seed, generate_in_chunks
+from rollout.types import RolloutTask, Sample, SamplingParams
+from rollout.workers import RolloutWorker, WorkerPool
 from tests.rollout.test_engines import TOL, check_samples, lps, max_err, recompute, tokens
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +30,7 @@ def test_chunk_seed_is_deterministic_and_distinct():
 def test_chunked_generation_keeps_the_engine_contract(model_dir, prompts, trained_model, tokenizer):
     """Unchanged weights: chunks of 5 up to 12 tokens (5 + 5 + 2) give log-probs that the trainer's recompute of the
     final sequence reproduces, stop at EOS in any chunk, and are seeded; greedy equals one unchunked call."""
-    e = make_engine("hf", str(model_dir), seed=0, max_batch=4)
+    e = make_engine("hf", str(model_dir), seed=0, options={"max_batch": 4})
     e.update_weights(trained_model.state_dict().items(), version=3)  # its EOS ends some greedy samples early
     eos = tokenizer.eos_token_id
     whole = e.generate(prompts, GREEDY)
@@ -52,8 +53,18 @@ def test_chunked_generation_keeps_the_engine_contract(model_dir, prompts, traine
     assert tokens(generate_in_chunks(e, prompts, GREEDY, 12)) == tokens(whole)  # one chunk is one call
 
 
-def _worker(model_dir, cls=RolloutWorker) -> RolloutWorker:
-    return cls(index=0, kind="hf", model_path=str(model_dir), engine_opts={"seed": 0})
+def _worker(model_dir, chunk_tokens: int, cls=RolloutWorker) -> RolloutWorker:
+    return cls(index=0, engine=EngineSpec("hf", str(model_dir)), runner=ChunkedRunner(chunk_tokens))
+
+
+def _task(task_id: int, prompts, sampling: SamplingParams) -> RolloutTask:
+    return RolloutTask(task_id, prompts, 1, sampling)
+
+
+def _samples(out) -> list[Sample]:
+    """A chunked task's trajectories (one step each) as samples."""
+    assert all(len(t.steps) == 1 for t in out.trajectories)
+    return [t.as_sample() for t in out.trajectories]
 
 
 def _probe(prompts, model, n: int = 4):
@@ -67,24 +78,25 @@ def test_worker_loads_weights_in_version_order(model_dir, prompts, base_model, t
     """In process (the engine thread's side of the protocol): a late older offer is dropped, an ordered update
     overtaken by a newer load is a no-op whose check reports the version skipped, and an ordered update loads its
     own version (checked exactly) even when a newer offer is pending, which the next call then loads."""
-    w = _worker(model_dir)
+    w = _worker(model_dir, 2)
     base, trained = base_model.state_dict(), trained_model.state_dict()
     probe, base_lp = _probe(prompts, base_model)
     _, trained_lp = _probe(prompts, trained_model)
     sp = SamplingParams(max_new_tokens=4, temperature=1.0, seed=0)
     assert w.offer_weights(trained, 2, probe) >= 0 and w.offer_weights([base], 1, probe) == 0.0  # late: dropped
-    out = w.generate(0, prompts, sp, 2)
-    assert out["version"] == 2 and all(s.versions == [2] * len(s.completion_ids) for s in out["samples"])
-    assert max_err(lps(out["samples"]), recompute(trained_model, out["samples"], 1.0)) < TOL
+    out = w.run(_task(0, prompts, sp))
+    samples = _samples(out)
+    assert out.version == 2 and all(s.versions == [2] * len(s.completion_ids) for s in samples)
+    assert max_err(lps(samples), recompute(trained_model, samples, 1.0)) < TOL
     assert w.update_weights([base], 1, probe) == 0.0 and w.engine.version == 2  # never back to an older version
     skipped = w.check(1)
-    assert skipped["logprobs"] is None and skipped["holds"] == 2
-    assert max_err(w.check(2)["logprobs"], trained_lp) < TOL  # scored when version 2 was loaded
+    assert skipped.logprobs is None and skipped.holds == 2
+    assert max_err(w.check(2).logprobs, trained_lp) < TOL  # scored when version 2 was loaded
     w.offer_weights([trained], 4, probe)
     w.update_weights([base], 3, probe)  # ordered: loads 3 exactly, 4 stays pending
-    assert w.engine.version == 3 and max_err(w.check(3)["logprobs"], base_lp) < TOL
-    assert w.score(*probe, 1.0)["version"] == 4  # the next engine call loads the pending offer
-    assert max_err(w.check(4)["logprobs"], trained_lp) < TOL
+    assert w.engine.version == 3 and max_err(w.check(3).logprobs, base_lp) < TOL
+    assert w.score(*probe, 1.0).version == 4  # the next engine call loads the pending offer
+    assert max_err(w.check(4).logprobs, trained_lp) < TOL
 
 
 class MidTaskOffer(RolloutWorker):
@@ -92,20 +104,20 @@ class MidTaskOffer(RolloutWorker):
 
     weights, probe = None, None
 
-    def _between_chunks(self, k: int) -> None:
+    def _between_calls(self, k: int) -> None:
         if k == 1:
             self.offer_weights(self.weights, 1, self.probe)
-        super()._between_chunks(k)
+        super()._between_calls(k)
 
 
 def test_worker_mixes_versions_between_chunks_in_process(model_dir, prompts, base_model, trained_model):
-    w = _worker(model_dir, MidTaskOffer)
+    w = _worker(model_dir, 4, MidTaskOffer)
     probe, _ = _probe(prompts, base_model)
     _, trained_lp = _probe(prompts, trained_model)
     w.weights, w.probe = trained_model.state_dict(), probe
-    out = w.generate(0, prompts, SamplingParams(max_new_tokens=10, temperature=1.0, seed=2), 4)
-    _check_mixed(out["samples"], 4, base_model, trained_model)
-    assert max_err(w.check(1)["logprobs"], trained_lp) < TOL
+    out = w.run(_task(0, prompts, SamplingParams(max_new_tokens=10, temperature=1.0, seed=2)))
+    _check_mixed(_samples(out), 4, base_model, trained_model)
+    assert max_err(w.check(1).logprobs, trained_lp) < TOL
 
 
 def _check_mixed(samples, c: int, old_model, new_model) -> None:
@@ -131,7 +143,7 @@ class WaitsForWeights(RolloutWorker):
     def reached(self) -> bool:
         return self.gated
 
-    def _between_chunks(self, k: int) -> None:
+    def _between_calls(self, k: int) -> None:
         if k == 1 and not self.gated:
             self.gated = True
             t0 = time.monotonic()
@@ -142,7 +154,7 @@ class WaitsForWeights(RolloutWorker):
                 if time.monotonic() - t0 > 120:
                     raise TimeoutError("no weights were offered within 120 s")
                 time.sleep(0.01)
-        super()._between_chunks(k)
+        super()._between_calls(k)
 
 
 def _wait_until(cond, what: str, timeout: float = 120.0) -> None:
@@ -168,14 +180,14 @@ def test_ray_worker_loads_weights_sent_mid_generation(engine, local_ray, model_d
         except OrchardError as e:
             pytest.skip(f"vLLM is not importable here: {e}")
         env.update({k: v for k, v in os.environ.items() if k.startswith("VLLM_")})
-    pool = WorkerPool("ray", 1, {"kind": engine, "model_path": str(model_dir), "engine_opts": {"seed": 0}},
-                      partial_chunk_tokens=4, worker_cls=WaitsForWeights, env_vars=env)
+    pool = WorkerPool("ray", 1, EngineSpec(engine, str(model_dir)), ChunkedRunner(4), worker_cls=WaitsForWeights,
+                      env_vars=env)
     try:
         probe, _ = _probe(prompts, base_model)
         _, trained_lp = _probe(prompts, trained_model)
-        assert pool.get(pool.call(0, "info"), 0)["version"] == 0
+        assert pool.get(pool.call(0, "info"), 0).version == 0
         sp = SamplingParams(max_new_tokens=12, temperature=1.0, seed=5)
-        gen = pool.call(0, "generate", 0, prompts, sp, 4)
+        gen = pool.call(0, "run", _task(0, prompts, sp))
         import ray
 
         actor = pool.workers[0]
@@ -186,11 +198,11 @@ def test_ray_worker_loads_weights_sent_mid_generation(engine, local_ray, model_d
         check = pool.call(0, "check", 1)
         assert pool.get(offer, 0) > 0  # fetched on the weights thread while the engine thread waited after chunk 0
         out = pool.get(gen, 0)
-        _check_mixed(out["samples"], 4, base_model, trained_model)
-        assert out["version"] == 1 and out["load_s"] > 0
+        _check_mixed(_samples(out), 4, base_model, trained_model)
+        assert out.version == 1 and out.load_s > 0
         assert pool.get(update, 0) == 0.0  # in call order after the generation, which had loaded version 1
-        assert max_err(pool.get(check, 0)["logprobs"], trained_lp) < TOL
-        again = pool.get(pool.call(0, "generate", 1, prompts, sp, 4), 0)["samples"]
+        assert max_err(pool.get(check, 0).logprobs, trained_lp) < TOL
+        again = _samples(pool.get(pool.call(0, "run", _task(1, prompts, sp)), 0))
         assert all(s.versions == [1] * len(s.completion_ids) for s in again)
     finally:
         pool.close()

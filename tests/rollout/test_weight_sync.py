@@ -1,4 +1,4 @@
-"""Broadcast weight sync (`rl/weight_sync.py`, `cluster.weight_sync: broadcast`): bucketing by hand, a gloo group of
+"""Broadcast weight sync (`rollout/weight_sync.py`, `cluster.weight_sync: broadcast`): bucketing by hand, a gloo group of
 three members passing real tensors, a missing member surfacing as an error, and, on real Ray actors, a rollout worker
 SIGKILLed just before a broadcast: the controller rebuilds the group, restarts the worker, sends the weights again,
 and the probe check verifies every worker against the new weights."""
@@ -12,9 +12,11 @@ import time
 import pytest
 import torch
 
-from rl.weight_sync import BroadcastGroup, GroupSpec, SyncHub, buckets
 from rollout.controller import RolloutController
+from rollout.engine import EngineSpec
+from rollout.runners.single_turn import SingleTurnRunner
 from rollout.types import Sample, SamplingParams
+from rollout.weight_sync import BroadcastGroup, GroupSpec, SyncHub, buckets
 from rollout.workers import WorkerPool
 from tests.rollout.test_engines import TOL
 from tests.rollout.test_partial import _probe
@@ -123,8 +125,8 @@ def _gone(pid: int) -> bool:
 def _broadcast_controller(pool: WorkerPool, prompts, hub: SyncHub) -> RolloutController:
     """A synchronous controller over `pool` with broadcast sync through `hub`: 2 groups of 2 samples per step, two
     steps, every reward 0."""
-    def score(prompt_indices, samples):
-        return torch.zeros(len(samples)), torch.ones(len(samples), dtype=torch.bool), {}
+    def score(task, trajectories):
+        return torch.zeros(len(trajectories)), torch.ones(len(trajectories), dtype=torch.bool), {}
 
     return RolloutController(pool, prompt_ids=prompts, sampler=PromptSampler(len(prompts), 0), score_fn=score,
                              group_size=2, groups_per_step=2, max_staleness=0, prompts_per_task=1,
@@ -135,15 +137,14 @@ def _broadcast_controller(pool: WorkerPool, prompts, hub: SyncHub) -> RolloutCon
 @pytest.mark.slow
 def test_worker_killed_before_a_broadcast_is_restarted_and_verified(local_ray, model_dir, prompts, base_model,
                                                                    trained_model):
-    pool = WorkerPool("ray", 2, {"kind": "hf", "model_path": str(model_dir), "engine_opts": {"seed": 0}},
-                      weights_thread=True)
+    pool = WorkerPool("ray", 2, EngineSpec("hf", str(model_dir)), SingleTurnRunner(), weights_thread=True)
     ctrl = _broadcast_controller(pool, prompts, SyncHub(3, "gloo", timeout_s=20))
     try:
         ctrl.publish(Source(base_model), 0)
         groups, _ = ctrl.collect(1)
         assert {v for g in groups for s in g.samples for v in s.versions} == {0}
         assert ctrl.stats["sync_groups"] == 1 and not ctrl.calls  # synchronous: nothing in flight now
-        victim = ctrl.worker_infos[1]["pid"]
+        victim = ctrl.worker_infos[1].pid
         os.kill(victim, signal.SIGKILL)
         while not _gone(victim):  # its sockets are closed once it is gone (a hang here: pytest-timeout)
             time.sleep(0.05)
@@ -155,7 +156,7 @@ def test_worker_killed_before_a_broadcast_is_restarted_and_verified(local_ray, m
         ctrl.drain_checks(m)
         assert ctrl.stats["worker_restarts"] == 1 and ctrl.stats["sync_failures"] >= 1, ctrl.stats
         assert ctrl.stats["sync_groups"] == 1 + ctrl.stats["sync_failures"], ctrl.stats
-        assert victim not in {w["pid"] for w in ctrl.worker_infos}
+        assert victim not in {w.pid for w in ctrl.worker_infos}
         assert m["sync/checks"] == 2 and m["sync/probe_max_abs_err"] < TOL, m  # both workers hold the new weights
         groups, m2 = ctrl.collect(2)
         assert {v for g in groups for s in g.samples for v in s.versions} == {1}
@@ -166,16 +167,14 @@ def test_worker_killed_before_a_broadcast_is_restarted_and_verified(local_ray, m
 
 
 def test_auto_picks_nccl_broadcast_only_when_every_member_holds_a_whole_gpu():
-    from types import SimpleNamespace
-
     from rl.config import load_config
-    from trainers.grpo.trainer import sync_backend, sync_hub
+    from rollout.launch import sync_backend, sync_hub
 
-    gpu, cpu = SimpleNamespace(device=torch.device("cuda")), SimpleNamespace(device=torch.device("cpu"))
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
     whole = ["cluster.trainer_ranks=2", "cluster.gpus_per_trainer=1", "cluster.gpus_per_worker=1"]
 
     def cfg(*o):
-        return load_config("configs/grpo_tiny.yaml", list(o))
+        return load_config("configs/grpo_tiny.yaml", list(o)).cluster
 
     assert sync_backend(cfg(*whole), gpu) == "nccl"
     assert sync_backend(cfg(*whole), cpu) == "gloo"
@@ -249,8 +248,8 @@ def test_vllm_worker_takes_broadcast_weights_and_passes_the_probe(local_ray, mod
     except OrchardError as e:
         pytest.skip(f"vLLM is not importable here: {e}")
     env = {k: v for k, v in os.environ.items() if k.startswith("VLLM_")}
-    pool = WorkerPool("ray", 1, {"kind": "vllm", "model_path": str(model_dir), "engine_opts": {"seed": 0}},
-                      weights_thread=True, env_vars=env)
+    pool = WorkerPool("ray", 1, EngineSpec("vllm", str(model_dir)), SingleTurnRunner(), weights_thread=True,
+                      env_vars=env)
     ctrl = _broadcast_controller(pool, prompts, SyncHub(2, "gloo", timeout_s=60))
     try:
         src = Source(base_model)  # the trainer: one sender in the group, its model trained in place

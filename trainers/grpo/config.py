@@ -10,7 +10,10 @@ from rewards import RewardSpec
 from rl.cluster import ClusterConfig
 from rl.config import JobConfig, Section
 from rl.registry import Registry, did_you_mean
+from rollout.hf_engine import HFOptions
 from rollout.logprobs import ESTIMATORS
+from rollout.runners import RUNNERS
+from rollout.vllm_engine import VLLMOptions
 from trainers.advantages import ADVANTAGES
 from trainers.offpolicy import OFFPOLICY
 
@@ -67,18 +70,12 @@ class DataConfig(Section):
     """Column holding the reference answer (jsonl datasets); passed to rewards as `answer`."""
 
 
-class VLLMConfig(Section):
-    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
-    """Fraction of GPU memory vLLM may take (GPU only)."""
-    enforce_eager: bool = True
-    """Skip CUDA graphs / torch.compile (fast start; on CPU compile was not faster)."""
-    max_model_len: int = Field(512, ge=16)
-    """Longest prompt + completion vLLM must serve."""
-
-
 class RolloutConfig(Section):
     engine: Literal["hf", "vllm"] = "hf"
-    """Generation engine. `hf` (transformers) is faster on the tiny CPU models (see `rl bench rollout`); use `vllm` for real models."""
+    """Generation engine (`rollout.engine.ENGINES`). `hf` (transformers) is faster on the tiny CPU models (see `rl bench rollout`); use `vllm` for real models."""
+    runner: str | None = None
+    """How a rollout worker turns a task into trajectories (`rollout.runners.RUNNERS`): single_turn, chunked.
+    Unset: `chunked` when `partial_chunk_tokens` is set, else `single_turn`."""
     num_generations: int = Field(8, ge=1)
     """G: completions sampled per prompt (the GRPO group)."""
     prompts_per_step: int = Field(16, ge=1)
@@ -92,16 +89,45 @@ class RolloutConfig(Section):
     prompts_per_task: int | None = Field(None, ge=1)
     """Prompts per rollout-worker call (each with its G samples). None: prompts_per_step / cluster.rollout_workers,
     rounded up. Smaller tasks let fresh weights reach generation sooner and spread work across workers."""
-    max_batch: int = Field(256, ge=1)
-    """Largest batch the engine generates at once."""
     partial_chunk_tokens: int | None = Field(None, ge=1)
-    """Partial rollouts: workers generate each task in chunks of this many new tokens and load the newest weights
-    they have received between chunks, so one sample's later tokens may come from a newer policy version than its
-    first ones (each token carries its version and the log-prob of the weights that sampled it;
+    """Partial rollouts (the `chunked` runner): workers generate each task in chunks of this many new tokens and load
+    the newest weights they have received between chunks, so one sample's later tokens may come from a newer policy
+    version than its first ones (each token carries its version and the log-prob of the weights that sampled it;
     `rollout/mixed_version_frac` counts such samples). Needs Ray workers for weights to arrive mid-task (the local
     backend only chunks). None: each task is generated to the end with one version."""
-    vllm: VLLMConfig = VLLMConfig()
-    """vLLM engine options."""
+    hf: HFOptions = HFOptions()
+    """`hf` engine options."""
+    vllm: VLLMOptions = VLLMOptions()
+    """`vllm` engine options."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_runner(cls, v):
+        """Resolve an unset `runner` from `partial_chunk_tokens`, so the recorded config names the runner that ran."""
+        if isinstance(v, dict) and v.get("runner") is None:
+            v = {**v, "runner": "chunked" if v.get("partial_chunk_tokens") else "single_turn"}
+        return v
+
+    @field_validator("runner")
+    @classmethod
+    def _known_runner(cls, v):
+        if v not in RUNNERS:
+            raise ValueError(f"unknown rollout runner '{v}'{did_you_mean(v, RUNNERS.names())}; known: "
+                             f"{', '.join(RUNNERS.names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _runner_options(self):
+        if self.partial_chunk_tokens and self.runner == "single_turn":
+            raise ValueError("rollout.partial_chunk_tokens is set but rollout.runner=single_turn generates whole "
+                             "tasks (use rollout.runner=chunked, or unset partial_chunk_tokens)")
+        RUNNERS.get(self.runner).from_config(self)  # the runner's own checks of its options
+        return self
+
+    @property
+    def engine_options(self) -> Section:
+        """The options section of the selected engine (`rollout.<engine>`)."""
+        return getattr(self, self.engine)
 
 
 class TrainerConfig(Section):

@@ -18,9 +18,7 @@ def evaluate_model(cfg: GRPOConfig) -> dict:
     tok = load_tokenizer(model_dir)  # the trainer's: left padding, eos as pad if the tokenizer has none
     d, r = cfg.data, cfg.rollout
     rows = load_prompts(d.name, "test", d.eval_size, 0, d.prompt_key, d.answer_key)  # the same set as training evals
-    engine = make_engine(r.engine, str(model_dir), dtype=cfg.model.dtype, seed=cfg.seed, max_batch=r.max_batch,
-                         max_model_len=r.vllm.max_model_len, gpu_memory_utilization=r.vllm.gpu_memory_utilization,
-                         enforce_eager=r.vllm.enforce_eager)
+    engine = make_engine(r.engine, str(model_dir), dtype=cfg.model.dtype, seed=cfg.seed, options=r.engine_options)
     t0 = time.time()
     try:
         out = evaluate(engine, tok, rows, cfg)

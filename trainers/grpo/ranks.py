@@ -43,7 +43,7 @@ class TrainerRank:
         self.model_dir, self.rank, self.world = Path(model_dir), rank, world
         self.strategy = make_strategy(strategy, world)
         self.policy: Policy | None = None
-        self._sync = None  # rank 0, broadcast weight sync: its rl.weight_sync.BroadcastGroup
+        self._sync = None  # rank 0, broadcast weight sync: its rollout.weight_sync.BroadcastGroup
 
     def address(self) -> tuple[str, int]:
         """Where this rank (rank 0) accepts the process group's rendezvous: its node's IP and a free port."""
@@ -103,7 +103,7 @@ class TrainerRank:
     def sync_join(self, spec) -> None:
         """Rank 0: leave the previous weight-sync group and join `spec`'s generation as its sender (blocks until every
         rollout worker has joined too). Other ranks have no part in it."""
-        from rl.weight_sync import BroadcastGroup
+        from rollout.weight_sync import BroadcastGroup
 
         if self.rank != 0:
             return

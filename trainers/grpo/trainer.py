@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -55,7 +54,7 @@ class WorkerEngine:
         self.controller = controller
 
     def generate(self, prompts, sampling):
-        return self.controller.call_blocking(0, "generate", -1, prompts, sampling)["samples"]
+        return self.controller.call_blocking(0, "generate", prompts, sampling)
 
 
 def evaluate(engine, tok, rows: list[dict], cfg: GRPOConfig) -> dict:
@@ -97,49 +96,6 @@ def load_loop_state(ckpt: Path, sampler: PromptSampler) -> dict:
 
 
 # --- the loop ----------------------------------------------------------------------------------------------------
-def start_workers(cfg: GRPOConfig, model_dir: Path, weights_thread: bool = False):
-    """Rollout workers per `cfg.cluster` (Ray, if used, is already up)."""
-    from rl.cluster import pin_to_core
-    from rollout.workers import WorkerPool
-
-    c, r = cfg.cluster, cfg.rollout
-    if c.pin_cpus and c.trainer_ranks == 1:
-        pin_to_core(0, 1)
-    opts = {"dtype": cfg.model.dtype, "seed": cfg.seed, "max_batch": r.max_batch}
-    env = {}
-    if r.engine == "vllm":
-        opts.update(max_model_len=r.vllm.max_model_len, gpu_memory_utilization=r.vllm.gpu_memory_utilization,
-                    enforce_eager=r.vllm.enforce_eager)
-        env = {k: v for k, v in os.environ.items() if k.startswith("VLLM_")}
-    pool = WorkerPool(c.backend, c.rollout_workers, {"kind": r.engine, "model_path": str(model_dir), "engine_opts": opts},
-                      cpus_per_worker=c.cpus_per_worker, gpus_per_worker=c.gpus_per_worker, pin_cpus=c.pin_cpus,
-                      env_vars=env, first_core=c.trainer_ranks, partial_chunk_tokens=r.partial_chunk_tokens,
-                      weights_thread=weights_thread)
-    return pool
-
-
-def sync_backend(cfg: GRPOConfig, trainer) -> str:
-    """nccl when every member of the broadcast group holds a whole GPU that Ray reserved for it (trainer ranks, or the
-    in-process trainer's lease, with cluster.gpus_per_trainer >= 1; workers with cluster.gpus_per_worker >= 1): NCCL
-    refuses two members on one GPU. Otherwise gloo, over CPU tensors."""
-    c = cfg.cluster
-    whole_gpus = c.gpus_per_trainer >= 1 and c.gpus_per_worker >= 1
-    return "nccl" if whole_gpus and trainer.device.type == "cuda" else "gloo"
-
-
-def sync_hub(cfg: GRPOConfig, trainer, weight_sync: str | None = None):
-    """The broadcast weight-sync hub per `cluster.weight_sync` (or `weight_sync`), or None for the Ray object store.
-    auto: broadcast when it can run over NCCL (`sync_backend`), else the object store."""
-    from rl.weight_sync import SyncHub
-
-    c = cfg.cluster
-    mode, backend = weight_sync or c.weight_sync, sync_backend(cfg, trainer)
-    if c.backend != "ray" or mode == "object_store" or (mode == "auto" and backend != "nccl"):
-        return None
-    log.info(f"weight sync: {backend} broadcast from trainer rank 0 to {c.rollout_workers} rollout worker(s)")
-    return SyncHub(1 + c.rollout_workers, backend, c.weight_sync_timeout_s)
-
-
 def staleness_metrics(batch: RolloutBatch, step: int, max_staleness: int) -> dict:
     """How many policy versions behind the trainer (version step - 1) the batch's samples were generated."""
     mask = batch.response_mask > 0  # [B, L]
@@ -178,6 +134,7 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float
     from envs.datasets import load_prompts
     from rl.progress import Tracker
     from rollout.controller import RolloutController
+    from rollout.launch import start_workers, sync_hub
 
     trainer = make_trainer(cfg, model_dir, latest[1] if latest else None)
     tok = load_tokenizer(model_dir)
@@ -189,10 +146,10 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float
     advantage_fn = ADVANTAGES.get(t.advantage)
     G = r.num_generations
 
-    def score_fn(prompt_indices: list[int], samples: list[Sample]):
-        rows = [train_rows[i] for i in prompt_indices]
-        completions = tok.batch_decode([x.completion_ids for x in samples], skip_special_tokens=True)
-        out = score(reward_set, rows, G, completions)
+    def score_fn(task, trajectories):
+        rows = [train_rows[i] for i in task.prompt_indices]
+        completions = tok.batch_decode([x.as_sample().completion_ids for x in trajectories], skip_special_tokens=True)
+        out = score(reward_set, rows, task.group_size, completions)
         return out.rewards, out.valid, out.metrics
 
     def write_workers(infos: list[dict]) -> None:
@@ -207,8 +164,9 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float
 
     ctrl = pool = tracker = None
     try:
-        hub = sync_hub(cfg, trainer)
-        pool = start_workers(cfg, model_dir, weights_thread=hub is not None)
+        hub = sync_hub(c, trainer.device)
+        pool = start_workers(c, r, model_dir=model_dir, dtype=cfg.model.dtype, seed=cfg.seed,
+                             weights_thread=hub is not None)
         ctrl = RolloutController(
             pool, prompt_ids=[tok(row["prompt"])["input_ids"] for row in train_rows], sampler=sampler,
             score_fn=score_fn, group_size=G, groups_per_step=r.prompts_per_step, max_staleness=cfg.max_staleness,

@@ -49,7 +49,7 @@ def test_nccl_broadcast_group_two_gpus():
     GPU, then staged bucket by bucket into CPU memory)."""
     import threading
 
-    from rl.weight_sync import BroadcastGroup, SyncHub
+    from rollout.weight_sync import BroadcastGroup, SyncHub
 
     hub = SyncHub(2, "nccl", timeout_s=60, bucket_mb=1.0)
     spec = hub.next_spec()
