@@ -18,8 +18,8 @@ import torch
 
 from rewards import RewardSet, RewardSpec
 from rl.errors import OrchardError, RewardError
+from rl.jobkit import Start, checkpoint, evaluate_before, make_tracker, start, summarize, write_state
 from rl.rundir import RunDir, atomic_write_text
-from rl.seeding import rng_state, seed_everything, set_rng_state
 from rl.zoo import resolve_model_path
 from rollout.types import RolloutBatch, Sample, SamplingParams
 from trainers.advantages import ADVANTAGES, zero_std_groups
@@ -80,19 +80,13 @@ def check_reward_signal(none_steps: int, step: int, names: list[str], samples: l
 
 
 # --- checkpoint --------------------------------------------------------------------------------------------------
-def save_checkpoint(run: RunDir, step: int, trainer, sampler: PromptSampler, extra: dict, keep: int) -> None:
-    """Atomic: the trainer writes model/ and optimizer.pt, this process the loop's own state."""
-    with run.checkpoint_writer(step, keep=keep) as d:
-        trainer.save(d)
-        torch.save({"step": step, "rng": rng_state(), "sampler": sampler.state_dict(), **extra}, d / "trainer_state.pt")
+STATE_FILE = "trainer_state.pt"  # the loop's side of a checkpoint: step, RNG, sampler, eval_before, controller
 
 
-def load_loop_state(ckpt: Path, sampler: PromptSampler) -> dict:
-    """The loop's side of a checkpoint (the trainer loads model and optimizer itself): RNG, sampler, extras."""
-    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-    set_rng_state(state["rng"])
-    sampler.load_state_dict(state["sampler"])
-    return state
+def write_checkpoint(d: Path, step: int, trainer, sampler: PromptSampler, extra: dict) -> None:
+    """Fill checkpoint directory `d`: the trainer writes model/ and optimizer.pt, this process the loop's state."""
+    trainer.save(d)
+    write_state(d / STATE_FILE, {"step": step, "sampler": sampler.state_dict(), **extra})
 
 
 # --- the loop ----------------------------------------------------------------------------------------------------
@@ -114,15 +108,13 @@ def train(cfg: GRPOConfig, run: RunDir) -> dict:
     """Start (or join) Ray if the cluster uses it, run the loop, and shut Ray down again if this call started it."""
     from rl.cluster import check_resources, init_ray
 
-    t_start = time.time()
-    seed_everything(cfg.seed)
+    job = start(run, cfg.seed)
     model_dir = resolve_model_path(cfg.model.path)
-    latest = run.latest_checkpoint()
     ray_started = init_ray(cfg.cluster) if cfg.cluster.backend == "ray" else False
     try:
         if cfg.cluster.backend == "ray":
             check_resources(cfg.cluster)
-        return _train(cfg, run, model_dir, latest, t_start)
+        return _train(cfg, run, model_dir, job)
     finally:
         if ray_started:
             import ray
@@ -130,13 +122,12 @@ def train(cfg: GRPOConfig, run: RunDir) -> dict:
             ray.shutdown()
 
 
-def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float) -> dict:
+def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, job: Start) -> dict:
     from envs.datasets import load_prompts
-    from rl.progress import Tracker
     from rollout.controller import RolloutController
     from rollout.launch import start_workers, sync_hub
 
-    trainer = make_trainer(cfg, model_dir, latest[1] if latest else None)
+    trainer = make_trainer(cfg, model_dir, job.path)
     tok = load_tokenizer(model_dir)
     d, r, t, c = cfg.data, cfg.rollout, cfg.trainer, cfg.cluster
     train_rows = load_prompts(d.name, "train", d.train_size, cfg.seed, d.prompt_key, d.answer_key)
@@ -155,12 +146,9 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float
     def write_workers(infos: list[dict]) -> None:
         atomic_write_text(run.path / "workers.json", json.dumps(infos, indent=2))
 
-    start_step, before, ctrl_state = 0, None, None
-    if latest is not None:
-        state = load_loop_state(latest[1], sampler)
-        start_step, before, ctrl_state = state["step"], state["eval_before"], state.get("controller")
-        run.truncate_metrics(start_step)
-        log.info(f"resumed from {latest[1]} at step {start_step}")
+    state = job.load_state(STATE_FILE)  # {} on a fresh start; RNG restored on a resume
+    if job.resumed:
+        sampler.load_state_dict(state["sampler"])
 
     ctrl = pool = tracker = None
     try:
@@ -172,21 +160,20 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float
             score_fn=score_fn, group_size=G, groups_per_step=r.prompts_per_step, max_staleness=cfg.max_staleness,
             prompts_per_task=r.prompts_per_task or -(-r.prompts_per_step // c.rollout_workers),
             sampling=SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p),
-            seed=cfg.seed, last_step=cfg.max_steps, start_version=start_step,
+            seed=cfg.seed, last_step=cfg.max_steps, start_version=job.step,
             inflight_per_worker=c.max_inflight_per_worker, max_restarts=c.max_worker_restarts,
             sync_tol=t.sync_check_tol, on_workers_changed=write_workers, sync_hub=hub)
-        if ctrl_state:
-            ctrl.load_state_dict(ctrl_state)
-        ctrl.publish(trainer, start_step)
+        if state.get("controller"):
+            ctrl.load_state_dict(state["controller"])
+        ctrl.publish(trainer, job.step)
         eval_engine = WorkerEngine(ctrl)
-        if before is None:
-            before = evaluate(eval_engine, tok, eval_rows, cfg)["eval/accuracy"]
-            run.log_metrics(0, {"eval/accuracy": before}, tensorboard=cfg.log.tensorboard)
+        before = evaluate_before(run, state.get("eval_before"),
+                                 lambda: evaluate(eval_engine, tok, eval_rows, cfg)["eval/accuracy"],
+                                 "eval/accuracy", cfg.log.tensorboard)
         log.info(f"held-out accuracy before training: {before:.3f} ({len(eval_rows)} problems)")
 
-        tracker = Tracker(run, cfg.max_steps, start_step, progress=cfg.log.progress, tensorboard=cfg.log.tensorboard,
-                          every=cfg.log.every, show={"reward/mean": "reward", "eval/accuracy": "acc",
-                                                     "perf/tokens_per_s": "tok/s"}, desc="grpo")
+        tracker = make_tracker(run, cfg.log, cfg.max_steps, job.step,
+                               {"reward/mean": "reward", "eval/accuracy": "acc", "perf/tokens_per_s": "tok/s"}, "grpo")
         last_eval = before
         probe: list[Sample] = []  # fixed weight-sync probe: the first samples this process generates
 
@@ -194,7 +181,7 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float
             return not bool(zero_std_groups(g.rewards, torch.zeros(G, dtype=torch.long), g.valid).all())
 
         none_steps = 0  # consecutive steps in which no sample got a number from any reward function
-        for step in range(start_step + 1, cfg.max_steps + 1):
+        for step in range(job.step + 1, cfg.max_steps + 1):
             t0 = time.time()
             groups, m = ctrl.collect(step, accept=has_signal if t.dynamic_sampling else None,
                                      max_consumed=r.prompts_per_step * (1 + t.max_resample_rounds)
@@ -253,9 +240,8 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float
                     raise OrchardError(f"metric {k} is NaN at step {step}: training diverged (lower trainer.lr?); "
                                        f"the last complete checkpoint is intact, resume with --resume")
             tracker.log(step, m)
-            if step == cfg.max_steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
-                save_checkpoint(run, step, trainer, sampler, {"eval_before": before, "controller": ctrl.state_dict()},
-                                cfg.checkpoint.keep)
+            checkpoint(run, step, cfg.max_steps, cfg.checkpoint, lambda d: write_checkpoint(
+                d, step, trainer, sampler, {"eval_before": before, "controller": ctrl.state_dict()}))
         ledger = dict(ctrl.stats, outstanding=ctrl.sched.n_outstanding)
     finally:
         if tracker is not None:
@@ -264,11 +250,10 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, latest, t_start: float
             pool.close()
         trainer.close()
     after = last_eval
-    summary = {"algo": "grpo", "steps": cfg.max_steps, "eval/accuracy_before": before, "eval/accuracy_after": after,
-               "eval/accuracy_gain": after - before, "eval/size": len(eval_rows), "model": str(model_dir),
-               "engine": r.engine, "device": str(trainer.device), "trainer_ranks": c.trainer_ranks, "backend": c.backend, "rollout_workers": c.rollout_workers,
-               "max_staleness": cfg.max_staleness, "rollout_ledger": ledger, "wall_time_s": time.time() - t_start,
-               "final_checkpoint": str(run.latest_checkpoint()[1]) if run.latest_checkpoint() else None}
     log.info(f"held-out accuracy: {before:.3f} -> {after:.3f} ({after - before:+.3f})")
-    return summary
+    return summarize(job, {"algo": "grpo", "steps": cfg.max_steps, "eval/size": len(eval_rows), "model": str(model_dir),
+                           "engine": r.engine, "device": str(trainer.device), "trainer_ranks": c.trainer_ranks,
+                           "backend": c.backend, "rollout_workers": c.rollout_workers,
+                           "max_staleness": cfg.max_staleness, "rollout_ledger": ledger},
+                     "eval/accuracy", before, after)
 
