@@ -13,7 +13,9 @@ import numpy as np
 from rl.errors import ConfigError
 from rl.registry import Registry, did_you_mean
 
-DATASETS: Registry = Registry("dataset")
+DATASETS: Registry = Registry("dataset", providers=("envs.expressions",))
+"""Prompt datasets by name; `providers` are modules that register more when first looked up (make_number: the
+sandboxed-reward recipe's task, envs/expressions.py)."""
 
 
 def _split_of(key: str) -> str:
@@ -86,4 +88,3 @@ def load_prompts(name_or_path: str, split: str, size: int, seed: int, prompt_key
                           f"{did_you_mean(name_or_path, DATASETS.names())}; known: {', '.join(DATASETS.names())}")
     return DATASETS.get(name_or_path)(split, size, seed)
 
-from envs import expressions as _expressions  # noqa: E402,F401  registers make_number (the sandboxed-reward recipe)
