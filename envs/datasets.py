@@ -1,21 +1,20 @@
-"""Prompt datasets for single-turn LLM jobs: registered generators and user .jsonl files.
+"""Prompt datasets for single-turn LLM jobs: registered generators and user files (read in `envs/sources.py`).
 
-Every row is a dict with at least `prompt` and `answer` (strings); other columns reach reward functions as kwargs.
+Every row is a dict with at least `prompt` (a string, or a list of `{role, content}` messages: TRL's conversational
+format) and `answer` (a string); other columns reach reward functions as kwargs.
 """
 from __future__ import annotations
 
-import json
 import zlib
-from pathlib import Path
 
 import numpy as np
 
 from rl.errors import ConfigError
 from rl.registry import Registry, did_you_mean
 
-DATASETS: Registry = Registry("dataset", providers=("envs.expressions",))
+DATASETS: Registry = Registry("dataset", providers=("envs.expressions", "envs.chat_data"))
 """Prompt datasets by name; `providers` are modules that register more when first looked up (make_number: the
-sandboxed-reward recipe's task, envs/expressions.py)."""
+sandboxed-reward recipe's task, envs/expressions.py; arithmetic_chat: envs/chat_data.py)."""
 
 
 def _split_of(key: str) -> str:
@@ -47,44 +46,22 @@ def arithmetic(split: str, size: int, seed: int) -> list[dict]:
     return rows
 
 
-def load_jsonl(path: Path, prompt_key: str, answer_key: str, size: int) -> list[dict]:
-    rows = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ConfigError(f"{path}:{lineno}: each line must be a JSON object, got {type(obj).__name__}")
-            for key in (prompt_key, answer_key):
-                if key not in obj:
-                    raise ConfigError(f"{path}:{lineno}: missing key '{key}'{did_you_mean(key, obj)} "
-                                      f"(set data.prompt_key / data.answer_key)")
-            row = {k: v for k, v in obj.items() if k not in (prompt_key, answer_key)}
-            row["prompt"], row["answer"] = str(obj[prompt_key]), str(obj[answer_key])
-            rows.append(row)
-            if len(rows) == size:
-                break
-    if not rows:
-        raise ConfigError(f"{path}: no rows")
-    return rows
+def load_prompts(name_or_path, split: str, size: int, seed: int, prompt_key: str = "prompt",
+                 answer_key: str = "answer", test_split: str | float = "test") -> list[dict]:
+    """Rows of `split` ("train" or "test") from a registered dataset or a file source (`envs/sources.py`: jsonl, json,
+    csv, parquet, a save_to_disk directory, or a mapping of split files). "test" reads `test_split`: a split name or,
+    for files without one, a held-out fraction of the train split."""
+    from envs.sources import load_file_rows, looks_like_file_source
 
-
-def load_prompts(name_or_path: str, split: str, size: int, seed: int, prompt_key: str = "prompt",
-                 answer_key: str = "answer") -> list[dict]:
-    """Rows from a registered dataset, or from a .jsonl file. For files, `split` selects `<stem>.<split>.jsonl`
-    next to the file if it exists (e.g. data.train.jsonl / data.test.jsonl), else the file itself."""
-    p = Path(name_or_path).expanduser()
-    if p.suffix == ".jsonl" or p.exists():
-        if not p.is_file():
-            raise ConfigError(f"data.name: file not found: {p}")
-        sibling = p.with_name(f"{p.stem}.{split}.jsonl")
-        return load_jsonl(sibling if sibling.is_file() else p, prompt_key, answer_key, size)
+    if looks_like_file_source(name_or_path):
+        return load_file_rows(name_or_path, split, size, prompt_key, answer_key, test_split)
     if name_or_path not in DATASETS:
-        raise ConfigError(f"data.name: '{name_or_path}' is neither a .jsonl file nor a registered dataset"
+        raise ConfigError(f"data.name: '{name_or_path}' is neither a dataset file (jsonl, json, csv, parquet), a "
+                          f"save_to_disk directory, nor a registered dataset"
                           f"{did_you_mean(name_or_path, DATASETS.names())}; known: {', '.join(DATASETS.names())}")
+    if split == "test" and test_split != "test":
+        if not isinstance(test_split, str):
+            raise ConfigError(f"data.test_split={test_split}: a fraction holds out rows of a dataset file; dataset "
+                              f"'{name_or_path}' has its own test split (data.test_split=test)")
+        split = test_split
     return DATASETS.get(name_or_path)(split, size, seed)
-
