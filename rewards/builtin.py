@@ -1,7 +1,8 @@
 """Built-in reward functions, registered by name in `REWARDS`.
 
 All follow TRL's signature, `fn(prompts, completions, **dataset_columns) -> list[float | None]`; `None` means
-"not applicable to this sample". The reference answer is the dataset column `answer`. Parameterised rewards
+"not applicable to this sample". A completion is a string, or (for conversational prompts, as TRL passes them) a
+list of messages whose last one's `content` is the text scored (`completion_text`). The reference answer is the dataset column `answer`. Parameterised rewards
 take keyword arguments that the config binds with functools.partial (`{fn: format, kwargs: {pattern: ...}}`);
 the runner checks that every bound name is a parameter of the function, so a typo fails at load.
 """
@@ -33,6 +34,18 @@ def strip_eos(text: str, eos_texts: Sequence[str] = EOS_TEXTS) -> str:
         text = text[: -len(end)].rstrip()
 
 
+def completion_text(completion) -> str:
+    """The text of a completion as TRL passes it: the string itself, or the last message's `content` of a
+    conversational completion (`[{"role": "assistant", "content": ...}]`)."""
+    if isinstance(completion, list):
+        return str(completion[-1]["content"]) if completion else ""
+    return completion
+
+
+def texts(completions: list) -> list[str]:
+    return [completion_text(c) for c in completions]
+
+
 def first_number(text: str) -> float | None:
     """The first integer or decimal in `text` (sign allowed: `-3.5`, `+2`, `.5`), or None if there is none."""
     m = _NUMBER.search(text)
@@ -53,7 +66,7 @@ def exact_match(prompts: list[str], completions: list[str], answer: list, eos_te
                 **columns) -> list[float]:
     """1.0 when the completion, stripped of whitespace and trailing EOS texts, equals str(answer) stripped of
     whitespace; else 0.0. Case- and format-sensitive on purpose (use numeric_match/math_verify for numbers)."""
-    return [1.0 if strip_eos(c, eos_texts) == str(a).strip() else 0.0 for c, a in zip(completions, answer)]
+    return [1.0 if strip_eos(c, eos_texts) == str(a).strip() else 0.0 for c, a in zip(texts(completions), answer)]
 
 
 @REWARDS.register("numeric_match")
@@ -62,7 +75,7 @@ def numeric_match(prompts: list[str], completions: list[str], answer: list, tol:
     """1.0 when the first number in the completion is within `tol` of float(answer); 0.0 when it is not or the
     completion has no number; None (not applicable) when the reference itself is not a finite number."""
     out: list[float | None] = []
-    for c, a in zip(completions, answer):
+    for c, a in zip(texts(completions), answer):
         ref, got = _as_float(a), first_number(c)
         out.append(None if ref is None else 1.0 if got is not None and abs(got - ref) <= tol else 0.0)
     return out
@@ -83,7 +96,7 @@ def math_verify(prompts: list[str], completions: list[str], answer: list, **colu
 
     timeout = _signal_timeout()
     out: list[float | None] = []
-    for c, a in zip(completions, answer):
+    for c, a in zip(texts(completions), answer):
         gold = parse(str(a), parsing_timeout=timeout)
         if not gold:
             out.append(None)
@@ -97,7 +110,7 @@ def format_reward(prompts: list[str], completions: list[str], pattern: str, **co
     """1.0 when the whole completion (surrounding whitespace stripped) matches the regex `pattern` (re.DOTALL:
     `.` crosses newlines), else 0.0. `pattern` has no default: bind it in the config's `kwargs`."""
     rx = re.compile(pattern, re.DOTALL)
-    return [1.0 if rx.fullmatch(c.strip()) else 0.0 for c in completions]
+    return [1.0 if rx.fullmatch(c.strip()) else 0.0 for c in texts(completions)]
 
 
 @REWARDS.register("length_penalty")
@@ -107,4 +120,4 @@ def length_penalty(prompts: list[str], completions: list[str], target: int = 256
     negative (-1 at `target + scale`). Raises ValueError if scale <= 0."""
     if scale <= 0:
         raise ValueError(f"length_penalty: scale must be > 0, got {scale}")
-    return [-max(0, len(c) - target) / scale for c in completions]
+    return [-max(0, len(c) - target) / scale for c in texts(completions)]

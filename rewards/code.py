@@ -26,7 +26,7 @@ import re
 import secrets
 from typing import Sequence
 
-from rewards.builtin import EOS_TEXTS, REWARDS, strip_eos
+from rewards.builtin import EOS_TEXTS, REWARDS, strip_eos, texts
 from rewards.sandbox import ExecResult, Limits, SandboxError, SandboxUnavailable, Status, shared_sandbox
 
 OUTCOMES = ("passed", "failed", "timeout", "crashed", "killed")
@@ -147,7 +147,7 @@ def python_expression(prompts: list[str], completions: list[str], answer: list, 
     values: list[float] = [0.0] * len(completions)
     outcomes: list[str | None] = ["failed"] * len(completions)
     todo, programs, tokens = [], [], []
-    for i, c in enumerate(completions):
+    for i, c in enumerate(texts(completions)):
         expr = strip_eos(c, eos_texts)
         try:
             tree = ast.parse(expr, mode="eval")
@@ -233,7 +233,7 @@ def code_tests(prompts: list[str], completions: list[str], tests: list, all_or_n
     lim = _limits(timeout_s, memory_mb)
     jobs: list[tuple[int, str, list]] = []  # (sample, kind, cases)
     programs, stdins, owners, tokens = [], [], [], []
-    for i, (c, t) in enumerate(zip(completions, tests)):
+    for i, (c, t) in enumerate(zip(texts(completions), tests)):
         try:
             kind, cases = parse_tests(t)
         except (ValueError, json.JSONDecodeError) as e:

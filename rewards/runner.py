@@ -117,6 +117,12 @@ class RewardSet:
     def names(self) -> list[str]:
         return [f.name for f in self.fns]
 
+    def check_columns(self, columns) -> None:
+        """The check every call makes, ahead of any batch: each function's required columns are among `columns`
+        and none clashes with a config kwarg (RewardError otherwise)."""
+        for f in self.fns:
+            _check_columns(f, dict.fromkeys(columns))
+
     def __call__(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> RewardOutput:
         """Score a batch: `columns` maps each dataset column to one value per completion."""
         _check_batch(prompts, completions, columns)

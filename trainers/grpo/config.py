@@ -58,16 +58,35 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    name: str = "arithmetic"
-    """A registered prompt dataset name or a path to a .jsonl file (one JSON object per line)."""
+    name: str | dict[str, str] = "arithmetic"
+    """A registered prompt dataset (`arithmetic`, `arithmetic_chat`, `make_number`), a dataset file (.jsonl, .json,
+    .csv, .parquet; `<stem>.<split>.<ext>` files beside it are further splits), a `datasets` save_to_disk directory,
+    or a mapping of split names to files (`{train: train.parquet, test: test.parquet}`)."""
     train_size: int = Field(4096, ge=1)
     """Number of training prompts (cycled through in a seeded order, one epoch after another)."""
     eval_size: int = Field(300, ge=1)
     """Number of held-out prompts for evaluation (the same fixed set for every seed: the test split, disjoint from training)."""
+    test_split: str | float = "test"
+    """The held-out split evaluation reads: a split name, or a fraction in (0, 1) of a dataset file's train split
+    held out with a fixed seed (for data without a test split; training then never sees those rows)."""
     prompt_key: str = "prompt"
-    """Column holding the prompt text (jsonl datasets)."""
+    """Column holding the prompt: a string, or a list of {role, content} messages (TRL's conversational format)."""
     answer_key: str = "answer"
-    """Column holding the reference answer (jsonl datasets); passed to rewards as `answer`."""
+    """Column holding the reference answer (dataset files); passed to rewards as `answer`."""
+    format: Literal["auto", "text", "chat"] = "auto"
+    """How prompts become tokens (`envs.prompting.PROMPT_FORMATS`): `chat` renders them with the tokenizer's chat
+    template and an open assistant turn (a string prompt is one user message); `text` tokenizes the prompt string
+    as it is; `auto`: chat if the tokenizer has a chat template, else text."""
+    system_prompt: str | None = None
+    """A system message put before every conversation (chat format only; rows that start with their own system
+    message keep it)."""
+
+    @field_validator("test_split")
+    @classmethod
+    def _split_or_fraction(cls, v):
+        if isinstance(v, float) and not 0 < v < 1:
+            raise ValueError(f"a held-out fraction must lie in (0, 1), got {v}")
+        return v
 
 
 class RolloutConfig(Section):
@@ -184,6 +203,9 @@ class TrainerConfig(Section):
     log-prob mismatch above `sync_check_tol` stops the job (0 disables)."""
     sync_check_tol: float = Field(1e-4, gt=0)
     """Largest allowed |trainer - engine| log-prob difference on the probe batch (raise it for bf16/fp16)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of keeping them (HF's `gradient_checkpointing_enable` on the
+    policy, non-reentrant; with LoRA on the base model under the adapter): less memory, more compute per step."""
     recompute_old_logprobs: bool = False
     """Take the old-policy log-probs of the clipped ratio from the trainer rather than the engine (needed if engine
     and trainer differ numerically). Implied by ppo_epochs > 1 and by max_staleness > 0; see `GRPOConfig.old_logprobs`.

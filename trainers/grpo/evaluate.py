@@ -10,6 +10,7 @@ from trainers.grpo.config import GRPOConfig
 def evaluate_model(cfg: GRPOConfig) -> dict:
     """Greedy held-out accuracy of `cfg.model.path` on the test split the training runs evaluate on."""
     from envs.datasets import load_prompts
+    from envs.prompting import Prompter
     from rollout.engine import make_engine
     from trainers.grpo.policy import load_tokenizer
     from trainers.grpo.trainer import evaluate
@@ -17,11 +18,11 @@ def evaluate_model(cfg: GRPOConfig) -> dict:
     model_dir = resolve_model_path(cfg.model.path)
     tok = load_tokenizer(model_dir)  # the trainer's: left padding, eos as pad if the tokenizer has none
     d, r = cfg.data, cfg.rollout
-    rows = load_prompts(d.name, "test", d.eval_size, 0, d.prompt_key, d.answer_key)  # the same set as training evals
+    rows = load_prompts(d.name, "test", d.eval_size, 0, d.prompt_key, d.answer_key, d.test_split)  # as training evals
     engine = make_engine(r.engine, str(model_dir), dtype=cfg.model.dtype, seed=cfg.seed, options=r.engine_options)
     t0 = time.time()
     try:
-        out = evaluate(engine, tok, rows, cfg)
+        out = evaluate(engine, Prompter.for_data(tok, d, str(model_dir)), rows, cfg)
     finally:
         engine.close()
     return {"model": str(model_dir), "dataset": d.name, "split": "test", "size": len(rows), "engine": r.engine,

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from rewards import RewardSet, RewardSpec
+from envs.prompting import Prompter, trl_completions
+from rewards import RewardSet
 from rl.errors import OrchardError, RewardError
 from rl.jobkit import Start, checkpoint, evaluate_before, make_tracker, start, summarize, write_state
 from rl.rundir import RunDir, atomic_write_text
@@ -25,26 +26,27 @@ from rollout.types import RolloutBatch, Sample, SamplingParams
 from trainers.advantages import ADVANTAGES, zero_std_groups
 from trainers.grpo.batch import PromptSampler, collate
 from trainers.grpo.config import GRPOConfig
-from trainers.grpo.policy import load_tokenizer
+from trainers.grpo.inputs import Inputs, eval_reward_set, prepare_inputs
 from trainers.grpo.ranks import make_trainer
 
 log = logging.getLogger("orchard")
 
 
 # --- phases ------------------------------------------------------------------------------------------------------
-def generate(engine, tok, rows: list[dict], G: int, sampling: SamplingParams) -> tuple[list[Sample], list[str]]:
-    """G samples per prompt row, group-contiguous. Returns samples and their decoded completions."""
-    prompt_ids = [tok(r["prompt"])["input_ids"] for r in rows]
+def generate(engine, prompter: Prompter, rows: list[dict], G: int, sampling: SamplingParams) -> tuple[list[Sample], list[str]]:
+    """G samples per prompt row (rendered by `prompter`), group-contiguous. Returns samples and their decoded completions."""
+    prompt_ids = [prompter.ids(r) for r in rows]
     samples = engine.generate([p for p in prompt_ids for _ in range(G)], sampling)
-    completions = tok.batch_decode([s.completion_ids for s in samples], skip_special_tokens=True)
+    completions = prompter.tok.batch_decode([s.completion_ids for s in samples], skip_special_tokens=True)
     return samples, completions
 
 
 def score(reward_set: RewardSet, rows: list[dict], G: int, completions: list[str]):
-    """Rewards for group-contiguous samples; every dataset column reaches the reward functions as a kwarg."""
+    """Rewards for group-contiguous samples; every dataset column reaches the reward functions as a kwarg, and
+    completions of conversational prompts as TRL's assistant messages (`envs.prompting.trl_completions`)."""
     expanded = [r for r in rows for _ in range(G)]
     columns = {k: [r[k] for r in expanded] for k in rows[0] if k != "prompt"}
-    return reward_set([r["prompt"] for r in expanded], completions, columns)
+    return reward_set([r["prompt"] for r in expanded], trl_completions(expanded, completions), columns)
 
 
 class WorkerEngine:
@@ -57,10 +59,11 @@ class WorkerEngine:
         return self.controller.call_blocking(0, "generate", prompts, sampling)
 
 
-def evaluate(engine, tok, rows: list[dict], cfg: GRPOConfig) -> dict:
-    """Held-out accuracy: greedy completions scored by `eval.reward` (> 0.5 counts as correct)."""
-    eval_set = RewardSet([RewardSpec(fn=cfg.eval.reward)], timeout_s=cfg.reward_timeout_s, on_error="raise")
-    samples, completions = generate(engine, tok, rows, 1, SamplingParams(max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0))
+def evaluate(engine, prompter: Prompter, rows: list[dict], cfg: GRPOConfig) -> dict:
+    """Held-out accuracy: greedy completions (prompts rendered as in training) scored by `eval.reward` (> 0.5 counts
+    as correct)."""
+    eval_set = eval_reward_set(cfg)
+    samples, completions = generate(engine, prompter, rows, 1, SamplingParams(max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0))
     out = score(eval_set, rows, 1, completions)
     correct = (out.rewards > 0.5).float()
     return {"eval/accuracy": correct.mean().item(),
@@ -110,11 +113,12 @@ def train(cfg: GRPOConfig, run: RunDir) -> dict:
 
     job = start(run, cfg.seed)
     model_dir = resolve_model_path(cfg.model.path)
+    inputs = prepare_inputs(cfg, model_dir)  # data, rewards and one rendered prompt checked before any weights load
     ray_started = init_ray(cfg.cluster) if cfg.cluster.backend == "ray" else False
     try:
         if cfg.cluster.backend == "ray":
             check_resources(cfg.cluster)
-        return _train(cfg, run, model_dir, job)
+        return _train(cfg, run, model_dir, job, inputs)
     finally:
         if ray_started:
             import ray
@@ -122,18 +126,15 @@ def train(cfg: GRPOConfig, run: RunDir) -> dict:
             ray.shutdown()
 
 
-def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, job: Start) -> dict:
-    from envs.datasets import load_prompts
+def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, job: Start, inputs: Inputs) -> dict:
     from rollout.controller import RolloutController
     from rollout.launch import start_workers, sync_hub
 
     trainer = make_trainer(cfg, model_dir, job.path)
-    tok = load_tokenizer(model_dir)
-    d, r, t, c = cfg.data, cfg.rollout, cfg.trainer, cfg.cluster
-    train_rows = load_prompts(d.name, "train", d.train_size, cfg.seed, d.prompt_key, d.answer_key)
-    eval_rows = load_prompts(d.name, "test", d.eval_size, 0, d.prompt_key, d.answer_key)  # fixed across seeds
+    tok, prompter, train_rows, eval_rows = inputs.tok, inputs.prompter, inputs.train_rows, inputs.eval_rows
+    r, t, c = cfg.rollout, cfg.trainer, cfg.cluster
     sampler = PromptSampler(len(train_rows), cfg.seed)
-    reward_set = RewardSet(cfg.reward, timeout_s=cfg.reward_timeout_s, on_error=cfg.on_reward_error)
+    reward_set = inputs.reward_set
     advantage_fn = ADVANTAGES.get(t.advantage)
     G = r.num_generations
 
@@ -156,7 +157,7 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, job: Start) -> dict:
         pool = start_workers(c, r, model_dir=model_dir, dtype=cfg.model.dtype, seed=cfg.seed,
                              weights_thread=hub is not None)
         ctrl = RolloutController(
-            pool, prompt_ids=[tok(row["prompt"])["input_ids"] for row in train_rows], sampler=sampler,
+            pool, prompt_ids=[prompter.ids(row) for row in train_rows], sampler=sampler,
             score_fn=score_fn, group_size=G, groups_per_step=r.prompts_per_step, max_staleness=cfg.max_staleness,
             prompts_per_task=r.prompts_per_task or -(-r.prompts_per_step // c.rollout_workers),
             sampling=SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p),
@@ -168,7 +169,7 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, job: Start) -> dict:
         ctrl.publish(trainer, job.step)
         eval_engine = WorkerEngine(ctrl)
         before = evaluate_before(run, state.get("eval_before"),
-                                 lambda: evaluate(eval_engine, tok, eval_rows, cfg)["eval/accuracy"],
+                                 lambda: evaluate(eval_engine, prompter, eval_rows, cfg)["eval/accuracy"],
                                  "eval/accuracy", cfg.log.tensorboard)
         log.info(f"held-out accuracy before training: {before:.3f} ({len(eval_rows)} problems)")
 
@@ -231,7 +232,7 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, job: Start) -> dict:
                       "perf/samples_per_s": len(samples) / max(time.time() - t0, 1e-9),
                       "perf/trainer_idle_frac": m["perf/trainer_wait_s"] / max(time.time() - t0, 1e-9)})
             if step == cfg.max_steps or (cfg.eval.every and step % cfg.eval.every == 0):
-                last_eval = evaluate(eval_engine, tok, eval_rows, cfg)["eval/accuracy"]
+                last_eval = evaluate(eval_engine, prompter, eval_rows, cfg)["eval/accuracy"]
                 m["eval/accuracy"] = last_eval
             if step == cfg.max_steps:
                 ctrl.drain_checks(m)
