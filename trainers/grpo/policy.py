@@ -113,6 +113,8 @@ def build_policy(cfg: GRPOConfig, model_dir: Path, device: torch.device | None =
     estimator = ESTIMATORS.get(cfg.model.estimator)
     tok = load_tokenizer(model_dir)
     model = estimator.load_model(model_dir, cfg.model.dtype).to(device)
+    if cfg.trainer.gradient_checkpointing:  # before peft wraps it: the adapter layers sit inside checkpointed blocks
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ref = None
     if cfg.trainer.kl_coef > 0 and not cfg.model.lora.enabled:
         ref = estimator.load_model(model_dir, cfg.model.dtype).to(device).eval().requires_grad_(False)
