@@ -11,4 +11,5 @@ BENCHES: dict[str, str] = {
     "marl": "rl.bench.marl",
     "sync": "rl.bench.sync",
     "sandbox": "rl.bench.sandbox",
+    "checkpointing": "rl.bench.checkpointing",
 }
