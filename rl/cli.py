@@ -54,6 +54,10 @@ def launch(config: str | None, overrides: list[str], resume: str | None = None) 
     run.write_config(dump_config(cfg))
     job = get_job(cfg.algo)
     t0 = time.time()
+    if cfg.log.wandb is not None:
+        from rl.wandb_log import WandbSink
+
+        run.sinks.append(WandbSink(cfg.log.wandb, run.path, cfg.model_dump(mode="json")))
     try:
         summary = job.run(cfg, run)
     except BaseException:
@@ -61,6 +65,9 @@ def launch(config: str | None, overrides: list[str], resume: str | None = None) 
             # nothing was written under the overrides (e.g. a bad one failed at start): a plain --resume keeps working
             run.write_config(kept)
         raise
+    finally:
+        for sink in run.sinks:
+            sink.close()
     summary.setdefault("wall_time_s", time.time() - t0)
     summary["run_dir"] = str(run.path)
     run.write_summary(summary)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -34,6 +34,18 @@ class CheckpointConfig(Section):
     """How many most recent checkpoints to keep on disk (older ones are deleted after a new one is complete)."""
 
 
+class WandbConfig(Section):
+    project: str = "orchard"
+    """W&B project name."""
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    """`offline`: write the W&B run under <run_dir>/wandb, nothing leaves the machine; `online`: stream it to the W&B
+    server (needs `wandb login`); `disabled`: W&B calls do nothing."""
+    entity: str | None = None
+    """W&B entity (user or team); None: your default."""
+    name: str | None = None
+    """W&B run name; None: the run directory's name."""
+
+
 class LogConfig(Section):
     tensorboard: bool = True
     """Write TensorBoard event files under `<run_dir>/tb`."""
@@ -41,6 +53,9 @@ class LogConfig(Section):
     """Show a live progress bar (disabled automatically when stdout is not a terminal)."""
     every: int = 1
     """Log metrics every N steps."""
+    wandb: WandbConfig | None = None
+    """Also log every metrics row to Weights & Biases (`rl/wandb_log.py`), e.g. `log.wandb.project=myproj`
+    (`mode` defaults to offline: the W&B run stays under <run_dir>/wandb). None: no W&B."""
 
 
 class JobConfig(Section):

@@ -52,6 +52,7 @@ class RunDir:
         self.ckpt_root = self.path / "checkpoints"
         self._tb = None
         self._metrics_f = None
+        self.sinks: list = []  # more loggers of every row (rl.wandb_log.WandbSink): `log(step, row)`, `close()`
 
     # --- config / summary --------------------------------------------------------------------------------------
     @property
@@ -94,6 +95,8 @@ class RunDir:
             self._metrics_f = open(self.metrics_path, "a")
         self._metrics_f.write(json.dumps(row) + "\n")
         self._metrics_f.flush()
+        for sink in self.sinks:
+            sink.log(step, row)
         if tensorboard:
             if self._tb is None:
                 from torch.utils.tensorboard import SummaryWriter
