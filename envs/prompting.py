@@ -16,6 +16,7 @@ dataset holds them (message lists stay lists; the system prompt is not added to 
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 from rl.errors import ConfigError
@@ -87,6 +88,7 @@ class Prompter:
         self.format = resolve_format(fmt, tok, model)
         self.system_prompt = system_prompt
         self._render = PROMPT_FORMATS.get(self.format)
+        self._cache: dict[str, list[int]] = {}  # rendered ids by prompt (a job renders each row more than once)
 
     @classmethod
     def for_data(cls, tok, data, model: str = "the model") -> "Prompter":
@@ -94,7 +96,11 @@ class Prompter:
         return cls(tok, data.format, data.system_prompt, model)
 
     def ids(self, row: dict) -> list[int]:
-        return self._render(self.tok, row["prompt"], self.system_prompt)
+        prompt = row["prompt"]
+        key = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+        if key not in self._cache:
+            self._cache[key] = self._render(self.tok, prompt, self.system_prompt)
+        return list(self._cache[key])
 
     def text(self, row: dict) -> str:
         """The rendered prompt as text (special tokens kept), e.g. to show what the model sees."""
