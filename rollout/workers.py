@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from rollout.adapters import AdapterDir, AdapterWeights
 from rollout.engine import EngineSpec
 from rollout.runners import Runner
 from rollout.types import CheckResult, GenResult, RolloutTask, Sample, SamplingParams, ScoreResult, WorkerInfo
@@ -64,7 +65,7 @@ def _fetch(weights) -> dict[str, torch.Tensor]:
     passes the reference instead of fetching the tensors before the call starts)."""
     if isinstance(weights, list):
         (weights,) = weights
-    if not isinstance(weights, dict):
+    if not isinstance(weights, (dict, AdapterWeights)):
         import ray
 
         weights = ray.get(weights)
@@ -92,6 +93,7 @@ class RolloutWorker:
         self._load_s = 0.0
         self._arrived = threading.Condition(self._lock)  # notified when a broadcast version becomes pending
         self._sync = None  # the broadcast group (rollout.weight_sync.BroadcastGroup) with `cluster.weight_sync: broadcast`
+        self._adapters: AdapterDir | None = None  # where shipped LoRA adapters are written for the engine to load
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(index=self.index, pid=os.getpid(), host=socket.gethostname(), core=self.core,
@@ -186,7 +188,11 @@ class RolloutWorker:
 
     def _load(self, version: int, tensors: dict, probe: tuple | None) -> None:
         t0 = time.perf_counter()
-        self.engine.update_weights(tensors.items(), version=version)
+        if isinstance(tensors, AdapterWeights):  # rollout.lora_sync=adapter: base weights + this adapter
+            self._adapters = self._adapters or AdapterDir()
+            self._adapters.load(self.engine, tensors, version)
+        else:
+            self.engine.update_weights(tensors.items(), version=version)
         self._loaded = version
         self._load_s += time.perf_counter() - t0
         if probe is not None:
@@ -212,6 +218,8 @@ class RolloutWorker:
         if self._sync is not None:
             self._sync.close()
         self.engine.close()
+        if self._adapters is not None:
+            self._adapters.close()
 
 
 # --- backends ------------------------------------------------------------------------------------------------------

@@ -114,6 +114,10 @@ class RolloutConfig(Section):
     version than its first ones (each token carries its version and the log-prob of the weights that sampled it;
     `rollout/mixed_version_frac` counts such samples). Needs Ray workers for weights to arrive mid-task (the local
     backend only chunks). None: each task is generated to the end with one version."""
+    lora_sync: Literal["auto", "merged", "adapter"] = "auto"
+    """With model.lora.enabled, what the weight sync ships: `adapter` (only the LoRA tensors; every engine serves its
+    base weights plus the adapter: vLLM's LoRARequest, peft on HF), or `merged` (full weights with the adapter merged
+    in). auto: adapter on the vllm engine, merged on hf. Without LoRA: merged. Resolved when the config loads."""
     hf: HFOptions = HFOptions()
     """`hf` engine options."""
     vllm: VLLMOptions = VLLMOptions()
@@ -296,6 +300,19 @@ class GRPOConfig(JobConfig):
         if self.trainer.recompute_old_logprobs or self.max_staleness > 0:
             return "current"
         return "behav"
+
+    @model_validator(mode="after")
+    def _resolve_lora_sync(self):
+        """`rollout.lora_sync` auto -> adapter for LoRA on vLLM, else merged; adapter needs LoRA and the object store."""
+        r = self.rollout
+        if r.lora_sync == "auto":
+            r.lora_sync = "adapter" if self.model.lora.enabled and r.engine == "vllm" else "merged"
+        if r.lora_sync == "adapter" and not self.model.lora.enabled:
+            raise ValueError("rollout.lora_sync=adapter needs model.lora.enabled=true (there is no adapter to ship)")
+        if r.lora_sync == "adapter" and self.cluster.weight_sync == "broadcast":
+            raise ValueError("rollout.lora_sync=adapter ships through the object store; cluster.weight_sync=broadcast "
+                             "sends merged weights (use rollout.lora_sync=merged, or cluster.weight_sync=object_store)")
+        return self
 
     @model_validator(mode="after")
     def _check_strategy(self):

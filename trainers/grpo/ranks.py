@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from rollout.adapters import AdapterWeights
 from rollout.types import RolloutBatch, Sample
 from trainers.grpo.config import GRPOConfig
 from trainers.grpo.policy import Policy, build_policy, read_weights
@@ -91,7 +92,10 @@ class TrainerRank:
     def weights(self, as_ref: bool = False):
         """The merged full weights on rank 0 (None elsewhere). `as_ref`: put them in Ray's object store here and
         return [ref, n_tensors] (a list, so Ray does not resolve the ref on the way back)."""
-        sd = self.policy.merged_state_dict()
+        if self.cfg.rollout.lora_sync == "adapter":  # only the adapter travels (rollout/adapters.py)
+            sd = AdapterWeights.from_peft(self.policy.model) if self.rank == 0 else None
+        else:
+            sd = self.policy.merged_state_dict()
         if self.rank != 0:
             return None
         if as_ref:
