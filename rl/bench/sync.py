@@ -26,7 +26,10 @@ def add_arguments(p) -> None:
     p.add_argument("--models", default="random-3m,random-30m,random-100m", help="model zoo names or local HF dirs")
     p.add_argument("--workers", type=int, default=2, help="rollout workers (Ray actors)")
     p.add_argument("--repeats", type=int, default=5, help="measured publishes per model and transport")
-    p.add_argument("--transports", default="object_store,broadcast")
+    p.add_argument("--transports", default="object_store,broadcast",
+                   help="object_store, broadcast, and for a LoRA policy (r=8 on q/k/v/o) lora_merged (merged full "
+                        "weights through the object store) and lora_adapter (only the adapter: rollout.lora_sync)")
+    p.add_argument("--engine", default="hf", help="rollout engine of the workers (hf or vllm)")
 
 
 def _measure(cfg, trainer, model_dir, transport: str, repeats: int) -> dict:
@@ -36,9 +39,9 @@ def _measure(cfg, trainer, model_dir, transport: str, repeats: int) -> dict:
     from trainers.grpo.batch import PromptSampler
 
     c = cfg.cluster
-    hub = sync_hub(c, trainer.device, transport)
+    hub = sync_hub(c, trainer.device, "object_store" if transport.startswith("lora_") else transport)
     pool = start_workers(c, cfg.rollout, model_dir=model_dir, dtype=cfg.model.dtype, seed=cfg.seed,
-                         weights_thread=hub is not None)
+                         weights_thread=hub is not None, lora=transport == "lora_adapter")
 
     def no_scoring(task, trajectories):  # never called: this bench generates nothing (last_step 0)
         raise RuntimeError("rl bench sync generates nothing")
@@ -83,7 +86,7 @@ def run(a) -> dict:
     transports = [t for t in a.transports.split(",") if t]
     for name in [m for m in a.models.split(",") if m]:
         model_dir = resolve_model_path(name)
-        cfg = GRPOConfig.model_validate({"model": {"path": str(model_dir)},
+        cfg = GRPOConfig.model_validate({"model": {"path": str(model_dir)}, "rollout": {"engine": a.engine},
                                          "cluster": {"backend": "ray", "rollout_workers": a.workers}})
         started = init_ray(cfg.cluster)
         try:
@@ -94,8 +97,20 @@ def run(a) -> dict:
             params = sum(t.numel() for t in sd.values())
             base = None
             for tr in transports:
-                r = _measure(cfg, trainer, model_dir, tr, a.repeats)
-                row = {"model": name, "params_m": params / 1e6, "weights_mb": mb, "transport": tr, **r}
+                t_cfg, t_trainer = cfg, trainer
+                if tr.startswith("lora_"):  # a LoRA policy whose sync ships merged weights or only the adapter
+                    t_cfg = GRPOConfig.model_validate({**cfg.model_dump(mode="json"), "model": {
+                        "path": str(model_dir), "lora": {"enabled": True, "r": 8}}, "rollout": {
+                        "engine": a.engine, "lora_sync": tr.removeprefix("lora_")}})
+                    t_trainer = InProcessTrainer(t_cfg, model_dir)
+                payload, _ = t_trainer.weights()
+                sync_mb = (payload.nbytes if hasattr(payload, "nbytes") else
+                           sum(t.numel() * t.element_size() for t in payload.values())) / 2**20
+                r = _measure(t_cfg, t_trainer, model_dir, tr, a.repeats)
+                if t_trainer is not trainer:
+                    t_trainer.close()
+                row = {"model": name, "params_m": params / 1e6, "weights_mb": mb, "transport": tr,
+                       "sync_mb": sync_mb, **r}
                 if tr == transports[0]:
                     base = row
                 row["trainer_s_vs_first"] = row["trainer_s"] / base["trainer_s"]
@@ -109,11 +124,11 @@ def run(a) -> dict:
                 import ray
 
                 ray.shutdown()
-    notes = (f"{a.workers} rollout workers (HF engine, Ray actors), trainer in this process; medians of {a.repeats} "
+    notes = (f"{a.workers} rollout workers ({a.engine} engine, Ray actors), trainer in this process; medians of {a.repeats} "
              f"publishes after one warm-up. `*_vs_first`: ratio to the first transport listed ({transports[0]}) "
              "for the same model, measured in the same run.\n")
     md = write_report("sync", rows, a.out, notes=notes,
-                      columns=["model", "params_m", "weights_mb", "transport", "backend", "trainer_s", "verified_s",
+                      columns=["model", "params_m", "weights_mb", "transport", "sync_mb", "backend", "trainer_s", "verified_s",
                                "trainer_s_vs_first", "verified_s_vs_first", "probe_max_abs_err"])
     print(md.read_text())
     return {"rows": rows}
