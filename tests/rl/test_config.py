@@ -187,3 +187,12 @@ def test_reward_entries_are_the_reward_specs_rewards_runs():
         load_config(None, ["reward=[{fn: exact_match, weight: .nan}]"])
     with pytest.raises(ConfigError, match=r"reward\.0\.wieght: unknown key"):
         load_config(None, ["reward=[{fn: exact_match, wieght: 2}]"])
+
+
+def test_rollout_max_batch_of_older_runs_still_loads():
+    """Runs recorded before the engines had option sections wrote `rollout.max_batch`; it now sets both engines'."""
+    from trainers.grpo.config import GRPOConfig
+
+    cfg = GRPOConfig.model_validate({"rollout": {"max_batch": 32, "vllm": {"max_batch": 8}}})
+    assert cfg.rollout.hf.max_batch == 32
+    assert cfg.rollout.vllm.max_batch == 8  # an explicit new-style value wins

@@ -1,6 +1,7 @@
 """GRPO job config: typed defaults with a docstring per field. Recipes in `configs/` override these."""
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -14,6 +15,8 @@ from rollout.hf_engine import HFOptions
 from rollout.logprobs import ESTIMATORS
 from rollout.runners import RUNNERS
 from rollout.vllm_engine import VLLMOptions
+
+log = logging.getLogger("orchard")
 from trainers.advantages import ADVANTAGES
 from trainers.offpolicy import OFFPOLICY
 
@@ -122,6 +125,21 @@ class RolloutConfig(Section):
     """`hf` engine options."""
     vllm: VLLMOptions = VLLMOptions()
     """`vllm` engine options."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_max_batch(cls, v):
+        """`rollout.max_batch` (before the engines had option sections) means both engines' `max_batch`, so a run
+        recorded with it still resumes."""
+        if isinstance(v, dict) and "max_batch" in v:
+            v = dict(v)
+            n = v.pop("max_batch")
+            for engine in ("hf", "vllm"):
+                opts = dict(v.get(engine) or {})
+                opts.setdefault("max_batch", n)
+                v[engine] = opts
+            log.warning("rollout.max_batch is now rollout.hf.max_batch / rollout.vllm.max_batch; applied to both")
+        return v
 
     @model_validator(mode="before")
     @classmethod
