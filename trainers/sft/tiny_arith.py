@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from rl.zoo import ARCHS, MODELS, ZooBuildError, ZooModel, build_tokenizer, init_random_model
+from rl.zoo import ARCHS, MODELS, ZooModel
+from trainers.sft.warm_start import build_sft_model, check_band, held_out_quality
 
 
 # The default policy's warm start (see build_tiny_arith). Measured over seeds 0-2 from empty caches (README).
@@ -40,74 +41,25 @@ def build_tiny_arith(out_dir: Path, seed: int) -> dict:
     """The default policy: `random-3m` warm-started by a short supervised run on two-digit addition (train split
     only) with labels from a noisy teacher that often forgets the units carry. It is partly competent: the right
     answer is in its distribution but often not its mode, as with pretrained LLMs before RL with a verifier."""
-    import time
-
-    import torch
-
     from envs.datasets import load_prompts
-    from trainers.sft.train import sft
 
-    # One thread: the same float rounding on every machine whatever its core count (a 2.6M model gains little from
-    # more threads here), and no OpenMP oversubscription slowdown when something else is running.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    t0 = time.time()
-    tok = build_tokenizer()
-    model = init_random_model(ARCHS["3m"], tok, seed)
     s = TINY_ARITH_SFT
     rows = noisy_teacher(load_prompts("arithmetic", "train", s["train_rows"], seed), s["teacher_carry_error"], seed)
-    try:
-        losses = sft(model, tok, rows, s["max_steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed,
-                     warmup=s["warmup"], stop_below=s["stop_below"], cooldown=s["cooldown"])
-    finally:
-        torch.set_num_threads(threads)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tok.save_pretrained(out_dir)
-    return {"sft_steps": len(losses), "final_sft_loss": sum(losses[-20:]) / 20, "build_s": time.time() - t0,
-            "torch_threads": 1}
+    return build_sft_model(out_dir, seed, rows, s)
 
 
-def held_out_quality(model_dir: Path, dataset: str, problems: int, k: int, max_new_tokens: int = 16) -> dict:
-    """Greedy accuracy, pass@k and per-sample accuracy (temperature 1, fixed seed) on a dataset's test split (the
-    same problems the GRPO recipes evaluate on), scored by exact match."""
-    from envs.datasets import load_prompts
+def exact_answer(completion: str, row: dict) -> bool:
+    """The built-in `exact_match` reward's verdict on one completion."""
     from rewards.builtin import exact_match
-    from rollout.hf_engine import HFEngine
-    from rollout.types import SamplingParams
-    from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    rows = load_prompts(dataset, "test", problems, 0)
-    prompts = [tok(r["prompt"])["input_ids"] for r in rows]
-    answers = [r["answer"] for r in rows]
-    engine = HFEngine(str(model_dir), seed=0)
-
-    def correct(samples, n) -> list[bool]:
-        texts = tok.batch_decode([x.completion_ids for x in samples], skip_special_tokens=True)
-        scores = exact_match([r["prompt"] for r in rows for _ in range(n)], texts, [a for a in answers for _ in range(n)])
-        return [v > 0.5 for v in scores]
-
-    greedy = correct(engine.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)), 1)
-    sampled = correct(engine.generate([p for p in prompts for _ in range(k)],
-                                      SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0, seed=1)), k)
-    per_problem = [sampled[i * k:(i + 1) * k] for i in range(len(rows))]
-    return {"problems": len(rows), "greedy_accuracy": sum(greedy) / len(rows),
-            f"pass@{k}": sum(any(h) for h in per_problem) / len(rows), "sample_accuracy": sum(sampled) / len(sampled)}
+    return exact_match([row["prompt"]], [completion], [row["answer"]])[0] > 0.5
 
 
 def check_tiny_arith(out_dir: Path, seed: int, record: dict) -> dict:
     """Measure the warm start on held-out problems (-> zoo.json's `held_out`) and refuse a model outside the band."""
     b = TINY_ARITH_BAND
-    q = held_out_quality(out_dir, "arithmetic", b["problems"], b["k"])
-    g, p = q["greedy_accuracy"], q[f"pass@{b['k']}"]
-    if not (b["greedy_min"] <= g <= b["greedy_max"] and p >= b["pass_at_k_min"]):
-        raise ZooBuildError(
-            f"zoo model 'tiny-arith' (seed {seed}) built outside its band: greedy held-out accuracy {g:.3f} (expected "
-            f"{b['greedy_min']:.2f}-{b['greedy_max']:.2f}), pass@{b['k']} {p:.3f} (expected >= {b['pass_at_k_min']:.2f}) "
-            f"on {q['problems']} held-out problems; final SFT loss {record.get('final_sft_loss', float('nan')):.3f}. The model was not "
-            f"cached. This is a bug in the warm-start recipe (trainers/sft/tiny_arith.py TINY_ARITH_SFT): please "
-            f"report it with this message")
-    return {"held_out": q, "band": b}
+    q = held_out_quality(out_dir, "arithmetic", b["problems"], b["k"], exact_answer)
+    return check_band("tiny-arith", seed, q, b, record, "trainers/sft/tiny_arith.py TINY_ARITH_SFT")
 
 
 MODELS.register("tiny-arith")(ZooModel(
