@@ -73,11 +73,12 @@ class Single:
         optimizer.load_state_dict(state)
 
 
-class DDP:
-    """torch DistributedDataParallel: whole model per rank, gradients all-reduced on the last micro-batch only."""
+class DDP(Single):
+    """torch DistributedDataParallel: whole model per rank, gradients all-reduced on the last micro-batch only.
+    State dicts, saving and the optimizer are as on one rank (every rank's optimizer is whole and identical: rank 0
+    saves it)."""
 
     name = "ddp"
-    optimizer_format = "param_ids"  # every rank's optimizer is whole and identical: rank 0 saves it
 
     def wrap(self, model, ref, device):
         from torch.nn.parallel import DistributedDataParallel
@@ -86,15 +87,6 @@ class DDP:
 
     def grad_sync(self, fwd, last):
         return contextlib.nullcontext() if last else fwd.no_sync()
-
-    def model_state_dict(self, model):
-        return model.state_dict()
-
-    def save(self, model, optimizer, directory, write):
-        return _local_save(model, optimizer, directory, write)
-
-    def load_optimizer(self, model, optimizer, state):
-        optimizer.load_state_dict(state)
 
 
 class FSDP2:
