@@ -13,6 +13,7 @@ def evaluate_model(cfg: GRPOConfig) -> dict:
     from envs.prompting import Prompter
     from rollout.engine import make_engine
     from trainers.grpo.policy import load_tokenizer
+    from trainers.grpo.inputs import eval_reward_set
     from trainers.grpo.trainer import evaluate
 
     model_dir = resolve_model_path(cfg.model.path)
@@ -22,7 +23,7 @@ def evaluate_model(cfg: GRPOConfig) -> dict:
     engine = make_engine(r.engine, str(model_dir), dtype=cfg.model.dtype, seed=cfg.seed, options=r.engine_options)
     t0 = time.time()
     try:
-        out = evaluate(engine, Prompter.for_data(tok, d, str(model_dir)), rows, cfg)
+        out = evaluate(engine, Prompter.for_data(tok, d, str(model_dir)), rows, eval_reward_set(cfg), cfg.eval.max_new_tokens)
     finally:
         engine.close()
     return {"model": str(model_dir), "dataset": d.name, "split": "test", "size": len(rows), "engine": r.engine,

@@ -28,6 +28,8 @@ class Inputs:
     prompter: Prompter
     """The tokenizer bound to the resolved prompt format (`prompter.format` is `text` or `chat`)."""
     train_rows: list[dict]
+    train_ids: list[list[int]]
+    """Every training prompt rendered to token ids (once: the length check and the controller both use them)."""
     eval_rows: list[dict]
     reward_set: RewardSet
     """The training rewards (`reward`)."""
@@ -67,12 +69,13 @@ def prepare_inputs(cfg: GRPOConfig, model_dir: Path) -> Inputs:
     eval_set = eval_reward_set(cfg)
     check_reward_columns(eval_set, eval_rows, "eval.reward", d.name)
     limit = max_positions(model_dir)
-    for rows, new, key in ((train_rows, cfg.rollout.max_new_tokens, "rollout.max_new_tokens"),
-                           (eval_rows, cfg.eval.max_new_tokens, "eval.max_new_tokens")):
-        prompter.ids(rows[0])  # the template (or tokenizer) runs on a real row before any weights load
+    train_ids = [prompter.ids(r) for r in train_rows]  # the template (or tokenizer) runs before any weights load
+    eval_ids = [prompter.ids(r) for r in eval_rows]
+    for ids, new, key in ((train_ids, cfg.rollout.max_new_tokens, "rollout.max_new_tokens"),
+                          (eval_ids, cfg.eval.max_new_tokens, "eval.max_new_tokens")):
         if limit:
-            longest = max(len(prompter.ids(r)) for r in rows)
+            longest = max(len(x) for x in ids)
             if longest + new > limit:
                 raise ConfigError(f"the longest rendered prompt ({longest} tokens, data.format={prompter.format}) plus "
                                   f"{key}={new} exceeds the model's max_position_embeddings={limit} ({model_dir})")
-    return Inputs(tok, prompter, train_rows, eval_rows, reward_set, eval_set)
+    return Inputs(tok, prompter, train_rows, train_ids, eval_rows, reward_set, eval_set)

@@ -26,7 +26,7 @@ from rollout.types import RolloutBatch, Sample, SamplingParams
 from trainers.advantages import ADVANTAGES, zero_std_groups
 from trainers.grpo.batch import PromptSampler, collate
 from trainers.grpo.config import GRPOConfig
-from trainers.grpo.inputs import Inputs, eval_reward_set, prepare_inputs
+from trainers.grpo.inputs import Inputs, prepare_inputs
 from trainers.grpo.ranks import make_trainer
 
 log = logging.getLogger("orchard")
@@ -59,11 +59,10 @@ class WorkerEngine:
         return self.controller.call_blocking(0, "generate", prompts, sampling)
 
 
-def evaluate(engine, prompter: Prompter, rows: list[dict], cfg: GRPOConfig) -> dict:
-    """Held-out accuracy: greedy completions (prompts rendered as in training) scored by `eval.reward` (> 0.5 counts
-    as correct)."""
-    eval_set = eval_reward_set(cfg)
-    samples, completions = generate(engine, prompter, rows, 1, SamplingParams(max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0))
+def evaluate(engine, prompter: Prompter, rows: list[dict], eval_set: RewardSet, max_new_tokens: int) -> dict:
+    """Held-out accuracy: greedy completions (prompts rendered as in training) scored by `eval_set` (`eval.reward`;
+    > 0.5 counts as correct)."""
+    samples, completions = generate(engine, prompter, rows, 1, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
     out = score(eval_set, rows, 1, completions)
     correct = (out.rewards > 0.5).float()
     return {"eval/accuracy": correct.mean().item(),
@@ -157,7 +156,7 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, job: Start, inputs: In
         pool = start_workers(c, r, model_dir=model_dir, dtype=cfg.model.dtype, seed=cfg.seed,
                              weights_thread=hub is not None, lora=r.lora_sync == "adapter")
         ctrl = RolloutController(
-            pool, prompt_ids=[prompter.ids(row) for row in train_rows], sampler=sampler,
+            pool, prompt_ids=inputs.train_ids, sampler=sampler,
             score_fn=score_fn, group_size=G, groups_per_step=r.prompts_per_step, max_staleness=cfg.max_staleness,
             prompts_per_task=r.prompts_per_task or -(-r.prompts_per_step // c.rollout_workers),
             sampling=SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p),
@@ -168,8 +167,12 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, job: Start, inputs: In
             ctrl.load_state_dict(state["controller"])
         ctrl.publish(trainer, job.step)
         eval_engine = WorkerEngine(ctrl)
+
+        def held_out() -> dict:
+            return evaluate(eval_engine, prompter, eval_rows, inputs.eval_reward_set, cfg.eval.max_new_tokens)
+
         before = evaluate_before(run, state.get("eval_before"),
-                                 lambda: evaluate(eval_engine, prompter, eval_rows, cfg)["eval/accuracy"],
+                                 lambda: held_out()["eval/accuracy"],
                                  "eval/accuracy", cfg.log.tensorboard)
         log.info(f"held-out accuracy before training: {before:.3f} ({len(eval_rows)} problems)")
 
@@ -232,7 +235,7 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, job: Start, inputs: In
                       "perf/samples_per_s": len(samples) / max(time.time() - t0, 1e-9),
                       "perf/trainer_idle_frac": m["perf/trainer_wait_s"] / max(time.time() - t0, 1e-9)})
             if step == cfg.max_steps or (cfg.eval.every and step % cfg.eval.every == 0):
-                last_eval = evaluate(eval_engine, prompter, eval_rows, cfg)["eval/accuracy"]
+                last_eval = held_out()["eval/accuracy"]
                 m["eval/accuracy"] = last_eval
             if step == cfg.max_steps:
                 ctrl.drain_checks(m)
