@@ -80,6 +80,7 @@ JOBS: dict[str, str] = {
     "ippo": "trainers.marl.job:JOB",
     "mappo": "trainers.marl.job:MAPPO_JOB",
     "sac": "trainers.sac.job:JOB",
+    "btm": "trainers.btm.job:JOB",
 }
 
 
