@@ -40,7 +40,9 @@ class EnsembleOptions(Section):
     top_k: int | None = Field(None, ge=1)
     """Mix only the k experts with the largest posterior at each step (None: the ensemble.json value, else all)."""
     prior: list[float] | None = None
-    """A frozen prior over the experts (None: the ensemble.json value, else uniform)."""
+    """A frozen prior over the experts (None: `prior_of`'s, else the ensemble.json `prior`, else uniform)."""
+    prior_of: str | None = None
+    """Use the prior the BTM job estimated on this domain's dev sequences (a key of ensemble.json `priors`)."""
     max_batch: int = Field(256, ge=1)
     """Largest batch generated at once."""
 
@@ -110,7 +112,12 @@ class EnsembleEngine:
         est = ESTIMATORS.get(estimator)
         self.models = [est.load_model(e, dtype).eval().requires_grad_(False) for e in self.experts]
         J = len(self.models)
-        prior = o.prior if o.prior is not None else spec.get("prior") or [1.0 / J] * J
+        priors = spec.get("priors") or {}
+        if o.prior_of is not None and o.prior_of not in priors:
+            raise OrchardError(f"rollout.btm_ensemble.prior_of={o.prior_of}: {spec_file} has priors for "
+                               f"{', '.join(priors) or 'no domain'}")
+        prior = (o.prior if o.prior is not None else priors[o.prior_of] if o.prior_of is not None
+                 else spec.get("prior") or [1.0 / J] * J)
         if len(prior) != J or min(prior) < 0 or sum(prior) <= 0:
             raise OrchardError(f"btm_ensemble prior {prior}: needs {J} non-negative weights (one per expert) with a "
                                f"positive sum ({spec_file})")

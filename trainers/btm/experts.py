@@ -48,14 +48,9 @@ def run_one(config: str, run_dir: str, threads: int) -> dict:
         return json.loads((run_dir_p / "summary.json").read_text())
     resume = RunDir(run_dir_p).latest_checkpoint() is not None
     with open(run_dir_p / "train.log", "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        handler = logging.StreamHandler(f)
-        logging.getLogger("orchard").addHandler(handler)
-        try:
-            if resume:
-                return launch(None, [], resume=str(run_dir_p))
-            return launch(config, [f"run_dir={run_dir_p}"])
-        finally:
-            logging.getLogger("orchard").removeHandler(handler)
+        if resume:
+            return launch(None, [], resume=str(run_dir_p))
+        return launch(config, [f"run_dir={run_dir_p}"])
 
 
 def _progress(run: ExpertRun) -> tuple[int, float | None]:
