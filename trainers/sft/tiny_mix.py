@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rl.zoo import ARCHS, MODELS, ZooBuildError, ZooModel
-from trainers.sft.warm_start import held_out_quality
+from rl.zoo import ARCHS, MODELS, ZooModel
+from trainers.sft.warm_start import check_band, held_out_quality
 
 DOMAINS = ("arithmetic", "subtraction", "multiplication")
 TINY_MIX_SFT = {"max_steps": 2000, "batch_size": 128, "lr": 5e-4, "warmup": 50, "stop_below": 0.15,
@@ -111,15 +111,7 @@ def check_tiny_mix(out_dir: Path, seed: int, record: dict) -> dict:
     b = TINY_MIX_BAND
     quality = {name: held_out_quality(out_dir, name, b["problems"], b["k"], answer_correct) for name in DOMAINS}
     for name, q in quality.items():
-        g, p = q["greedy_accuracy"], q[f"pass@{b['k']}"]
-        if not (b["greedy_min"] <= g <= b["greedy_max"] and p >= b["pass_at_k_min"]):
-            raise ZooBuildError(
-                f"zoo model 'tiny-mix' (seed {seed}) built outside its band on domain '{name}': greedy held-out "
-                f"accuracy {g:.3f} (expected {b['greedy_min']:.2f}-{b['greedy_max']:.2f}), pass@{b['k']} {p:.3f} "
-                f"(expected >= {b['pass_at_k_min']:.2f}) on {q['problems']} problems; final SFT loss "
-                f"{record.get('final_sft_loss', float('nan')):.3f}. The model was not cached (all domains: "
-                f"{ {k: round(v['greedy_accuracy'], 3) for k, v in quality.items()} }); this is a bug in the "
-                f"warm-start recipe (trainers/sft/tiny_mix.py TINY_MIX_SFT): please report it with this message")
+        check_band(f"tiny-mix, domain {name}", seed, q, b, record, "trainers/sft/tiny_mix.py TINY_MIX_SFT")
     return {"held_out": quality, "band": b}
 
 
