@@ -87,6 +87,13 @@ class EnsembleConfig(Section):
     """EMA rate of the prior estimate (BTM: 0.3)."""
 
 
+class BranchConfig(Section):
+    from_experts: list[str] = []
+    """Branch from the forest (BTM): HF directories of existing experts. When set, each new domain's expert starts
+    from Σ_j w_j θ_j of these, with w the new domain's posterior over them (the EMA prior of `ensemble.alpha` over
+    `ensemble.dev_sequences` of its training prompts with their answers), instead of from `seed_model`."""
+
+
 class BTMConfig(JobConfig):
     algo: Literal["btm"] = "btm"
     """Which job to run."""
@@ -100,6 +107,8 @@ class BTMConfig(JobConfig):
     expert: dict = {}
     """GRPO overrides for every expert and the dense baseline (`rl train --help-config` of a grpo recipe lists the
     keys); model.path, data.name/test_split/train_size/eval_size, reward and eval.reward come from the BTM config."""
+    branch: BranchConfig = BranchConfig()
+    """Where each expert starts: the seed (default) or a posterior-weighted average of existing experts."""
     parallel: ParallelConfig = ParallelConfig()
     """How the experts run concurrently."""
     merge: MergeConfig = MergeConfig()

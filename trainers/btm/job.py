@@ -1,7 +1,8 @@
 """The `btm` job: Branch-Train-Merge (Li et al. 2022; hadasah/btm) with GRPO experts, read top to bottom.
 
     seed (zoo `tiny-mix` or any HF directory)
-      -> branch: one expert per domain, each starting from the seed
+      -> branch: one expert per domain, each starting from the seed (or, with branch.from_experts, from the
+         average of existing experts weighted by the new domain's posterior over them)
       -> train: every expert an ordinary `grpo` run on its domain, concurrently as Ray tasks (trainers/btm/experts.py),
          plus the compute-matched dense baseline: one grpo run on the mixture of the domains with K x the updates
       -> merge: each `merge.methods` entry through `rl merge` (mergekit) into <run_dir>/merged/<method>
@@ -65,6 +66,24 @@ def dense_data(cfg: BTMConfig, out: Path) -> dict[str, str]:
     return {k: str(v) for k, v in files.items()}
 
 
+def branch_point(cfg: BTMConfig, d, out: Path) -> str:
+    """BTM's branching from the forest: the average of `branch.from_experts` weighted by domain `d`'s posterior
+    over them (estimated on its dev sequences), written to `out` (kept if already there); returns its directory."""
+    from rl.merge import MergeSpec, merge
+    from rollout.ensemble_engine import EnsembleEngine, write_ensemble_dir
+    from trainers.btm.evaluate import ensemble_prior
+
+    if (out / "merge.json").is_file():
+        return str(out)
+    experts = [str(resolve_model_path(e, key="branch.from_experts")) for e in cfg.branch.from_experts]
+    ens = write_ensemble_dir(out.parent / f"{out.name}-ensemble", experts)
+    weights = ensemble_prior(cfg, d, str(ens), EnsembleEngine(str(ens), seed=cfg.seed))
+    merge(MergeSpec(method="weighted", experts=tuple(experts), weights=tuple(weights)), out)
+    print(f"btm | {d.name:8s} branches from {len(experts)} experts, posterior weights "
+          f"{[round(w, 3) for w in weights]}", flush=True)
+    return str(out)
+
+
 def plan(cfg: BTMConfig, run: RunDir, seed_dir: Path) -> list[ExpertRun]:
     """One grpo recipe per domain (and the dense baseline), written into its run directory as expert.yaml."""
     from trainers.grpo.config import GRPOConfig
@@ -72,7 +91,8 @@ def plan(cfg: BTMConfig, run: RunDir, seed_dir: Path) -> list[ExpertRun]:
     runs = []
     for d in cfg.domains:
         rd = run.path / "experts" / d.name
-        tree = expert_tree(cfg, d, str(seed_dir), str(rd))
+        start_dir = branch_point(cfg, d, run.path / "branch" / d.name) if cfg.branch.from_experts else str(seed_dir)
+        tree = expert_tree(cfg, d, start_dir, str(rd))
         steps = GRPOConfig.model_validate(tree).max_steps
         rd.mkdir(parents=True, exist_ok=True)
         runs.append(ExpertRun(d.name, write_recipe(rd / "expert.yaml", tree), rd, steps))

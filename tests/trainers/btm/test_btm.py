@@ -88,3 +88,29 @@ def test_failed_expert_is_named_and_others_finish(tmp_path):
     with pytest.raises(OrchardError, match=r"expert runs failed: bad .*train\.log"):
         launch("configs/btm_tiny.yaml", [*bad, f"run_dir={run}"])
     assert (run / "experts" / "add" / "summary.json").is_file()
+
+
+def test_branch_from_the_forest_is_the_posterior_weighted_average(tmp_path):
+    """branch.from_experts: the new expert's start is Σ_j w_j θ_j with w the domain's EMA posterior over them."""
+    import torch
+    from safetensors.torch import load_file
+
+    from rl.zoo import ArchSpec, build_tokenizer, init_random_model
+    from trainers.btm.job import branch_point
+
+    tok = build_tokenizer()
+    dirs = []
+    for i in range(2):
+        d = tmp_path / f"e{i}"
+        init_random_model(ArchSpec(hidden=64, layers=1, heads=1, intermediate=64, max_positions=64), tok,
+                          seed=i).save_pretrained(d)
+        tok.save_pretrained(d)
+        dirs.append(d)
+    cfg = load_config("configs/btm_tiny.yaml", [*TINY, f"branch.from_experts=[{dirs[0]}, {dirs[1]}]"])
+    out = tmp_path / "branch" / "add"
+    branch_point(cfg, cfg.domains[0], out)
+    w = json.loads((out / "merge.json").read_text())["weights"]
+    assert abs(sum(w) - 1) < 1e-5 and w[0] != w[1]  # two random models: one explains the dev sequences better
+    got, a, b = (load_file(next(p.glob("*.safetensors"))) for p in (out, *dirs))
+    for k in got:
+        torch.testing.assert_close(got[k], w[0] * a[k] + w[1] * b[k], rtol=0, atol=1e-6)
