@@ -5,11 +5,13 @@
    ensemble, dense) the held-out accuracy per domain and on average, mean (min, max) over seeds. The goal checked:
    the best merge or the ensemble >= the dense baseline's average, and >= 3 points above it; reported met or missed.
 2. Parallel efficiency at K=2: the first two domains' experts of `--config` (`--efficiency-steps` GRPO steps each),
-   once two at a time as Ray tasks of `parallel.cpus_per_expert` CPUs and once one at a time through the same code
-   (`parallel.experts_in_parallel=1`); efficiency = T_one_at_a_time / (2 x T_concurrent) (1.0: perfect). The
-   projection for K = 8 / 64 on a cluster with a slot per expert is a model, not a measurement: the experts share
-   nothing, so T_K = T_start + T_expert, and efficiency = K T_expert / (K (T_start + T_expert)) with T_start the
-   measured per-run start-up (Ray task + imports + model load) and T_expert the measured training time of one expert.
+   once one at a time and once two at a time, as Ray tasks of `parallel.cpus_per_expert` CPUs through the same code
+   (`parallel.experts_in_parallel` 1, then 2; every run in a fresh worker process); efficiency =
+   T_one_at_a_time / (2 x T_concurrent) (1.0: perfect). The projection for K = 8 / 64 with a slot per expert is a
+   small model, not a measurement: the experts share nothing, so T_K = T_ray + t_run and the one-at-a-time time is
+   T_ray + K t_run, efficiency (T_ray + K t_run) / (K (T_ray + t_run)), with T_ray the measured Ray start and
+   t_run = (T_one_at_a_time - T_ray) / 2 one run's measured time (task start, imports, training, evaluation); it
+   ignores stragglers and shared storage.
 3. Merges: for each method, a child process merges two perturbed copies of `--merge-model` (base = the model
    itself) with mergekit; wall time and the child's peak RSS.
 """
@@ -29,7 +31,7 @@ def add_arguments(p) -> None:
     p.add_argument("--config", default="configs/btm_tiny.yaml")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--skip-table", action="store_true", help="only the efficiency and merge parts")
-    p.add_argument("--efficiency-steps", type=int, default=10)
+    p.add_argument("--efficiency-steps", type=int, default=20)
     p.add_argument("--merge-model", default="random-30m", help="zoo name or HF directory merged in part 3")
     p.add_argument("--methods", nargs="+", default=["linear", "weighted", "task_arithmetic", "ties", "dare",
                                                     "dare_ties"])
@@ -80,8 +82,16 @@ def efficiency(args, out: Path) -> dict:
     from trainers.btm.experts import train_all
     from trainers.btm.job import plan
 
+    import ray
+
+    from rl.cluster import ClusterConfig, init_ray
+
+    t0 = time.time()
+    init_ray(ClusterConfig(backend="ray"))
+    ray.shutdown()
+    t_ray = time.time() - t0
     timings = {}
-    for label, slots in (("concurrent", 2), ("one_at_a_time", 1)):
+    for label, slots in (("one_at_a_time", 1), ("concurrent", 2)):
         root = out / f"efficiency-{label}"
         if root.exists():
             import shutil
@@ -98,12 +108,11 @@ def efficiency(args, out: Path) -> dict:
         timings[label] = {"wall_s": time.time() - t0,
                           "run_wall_s": {k: v["wall_time_s"] for k, v in summaries.items()}}
     conc, seq = timings["concurrent"]["wall_s"], timings["one_at_a_time"]["wall_s"]
-    t_expert = sum(timings["one_at_a_time"]["run_wall_s"].values()) / 2  # one expert alone, launch to summary
-    t_start = max(0.0, seq / 2 - t_expert)  # what one run costs beyond its own job: Ray task start-up, imports
-    proj = {K: K * t_expert / (K * (t_start + t_expert)) for K in (8, 64)}
+    t_run = max(0.0, (seq - t_ray) / 2)
+    proj = {K: (t_ray + K * t_run) / (K * (t_ray + t_run)) for K in (8, 64)}
     return {"K": 2, "concurrent_s": conc, "one_at_a_time_s": seq, "efficiency": seq / (2 * conc),
             "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "expert_steps": args.efficiency_steps,
-            "t_expert_s": t_expert, "t_start_s": t_start, "projected_efficiency": proj, "timings": timings}
+            "t_ray_s": t_ray, "t_run_s": t_run, "projected_efficiency": proj, "timings": timings}
 
 
 # --- 3. merges ---------------------------------------------------------------------------------------------------

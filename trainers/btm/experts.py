@@ -87,8 +87,9 @@ def train_all(runs: list[ExpertRun], parallel, on_done=None) -> dict[str, dict]:
     started = init_ray(ClusterConfig(backend="ray", address=p.address, rollout_workers=p.experts_in_parallel,
                                      cpus_per_worker=p.cpus_per_expert))
     threads = max(1, round(p.cpus_per_expert))
-    task = ray.remote(run_one).options(num_cpus=p.cpus_per_expert, num_gpus=p.gpus_per_expert,
-                                       max_retries=p.expert_retries, retry_exceptions=False)
+    # max_calls=1: every run in a fresh worker process (no state, imports or memory carried from one run to the next)
+    task = ray.remote(max_calls=1)(run_one).options(num_cpus=p.cpus_per_expert, num_gpus=p.gpus_per_expert,
+                                                    max_retries=p.expert_retries, retry_exceptions=False)
     failed: dict[str, str] = {}
     t0 = time.time()
     try:
