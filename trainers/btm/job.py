@@ -114,6 +114,19 @@ def final_model(run_dir: Path) -> str:
     return str(Path(summary["final_checkpoint"]) / "model")
 
 
+def full_model(path: str, seed_dir: Path, out: Path) -> str:
+    """`path` itself if it is a full model; for a LoRA expert (`expert.model.lora.enabled`: its checkpoint holds a
+    peft adapter), the seed with the adapter merged in (peft, exactly θ_seed + ΔW), for evaluation and the
+    ensemble."""
+    from rl.merge import MergeSpec, kind_of, merge
+
+    if kind_of(Path(path), "expert checkpoint") == "full":
+        return path
+    if not (out / "merge.json").is_file():
+        merge(MergeSpec(method="task_arithmetic", experts=(path,), base=str(seed_dir), weights=(1.0,)), out)
+    return str(out)
+
+
 # --- merge -------------------------------------------------------------------------------------------------------
 def merge_experts(cfg: BTMConfig, run: RunDir, seed_dir: Path, experts: dict[str, str]) -> dict[str, str]:
     """Each `merge.methods` entry into <run_dir>/merged/<method> (kept if already written)."""
@@ -153,11 +166,12 @@ def train(cfg: BTMConfig, run: RunDir) -> dict:
           f"{cfg.parallel.experts_in_parallel} at a time x {cfg.parallel.cpus_per_expert:g} CPUs", flush=True)
     summaries = train_all(runs, cfg.parallel)
     write_phase(run, cfg, 1, {**state, "phase": "trained", "summaries": summaries})
-    experts = {d.name: final_model(run.path / "experts" / d.name) for d in cfg.domains}
+    trained = {d.name: final_model(run.path / "experts" / d.name) for d in cfg.domains}
+    experts = {k: full_model(v, seed_dir, run.path / "experts" / k / "full_model") for k, v in trained.items()}
     models = {"seed": str(seed_dir), **{f"expert:{k}": v for k, v in experts.items()}}
-    models.update(merge_experts(cfg, run, seed_dir, experts))
+    models.update(merge_experts(cfg, run, seed_dir, trained))  # LoRA experts merge as adapters (peft)
     if cfg.dense:
-        models["dense"] = final_model(run.path / "dense")
+        models["dense"] = full_model(final_model(run.path / "dense"), seed_dir, run.path / "dense" / "full_model")
     ens_dir = None
     if cfg.ensemble.enabled:
         ens_dir = str(write_ensemble_dir(run.path / "ensemble", list(experts.values()), top_k=cfg.ensemble.top_k,
