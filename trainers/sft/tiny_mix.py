@@ -10,14 +10,13 @@ but often not its mode in every domain: room for RL with a verifier. The build m
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from rl.zoo import ARCHS, MODELS, ZooModel
-from trainers.sft.warm_start import check_band, held_out_quality
+from trainers.sft.warm_start import build_sft_model, check_band, held_out_quality
 
 DOMAINS = ("arithmetic", "subtraction", "multiplication")
 TINY_MIX_SFT = {"max_steps": 2000, "batch_size": 128, "lr": 5e-4, "warmup": 50, "stop_below": 0.15,
@@ -74,30 +73,12 @@ def mixture_rows(seed: int, distinct: dict[str, int], rows: dict[str, int]) -> l
 
 
 def build_tiny_mix(out_dir: Path, seed: int) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from rl.zoo import build
-    from trainers.sft.train import sft
 
     s = TINY_MIX_SFT
     base = build("tiny-arith", seed=seed)
     rows = mix_teacher(mixture_rows(seed, s["distinct"], s["rows"]), s["teacher_error"], seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as trainers/sft/warm_start.py: the same rounding on every machine
-    t0 = time.time()
-    try:
-        torch.manual_seed(seed)
-        tok = AutoTokenizer.from_pretrained(base)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        losses = sft(model, tok, rows, s["max_steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed,
-                     warmup=s["warmup"], stop_below=s["stop_below"], cooldown=s["cooldown"])
-    finally:
-        torch.set_num_threads(threads)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tok.save_pretrained(out_dir)
-    return {"base": str(base), "sft_steps": len(losses), "final_sft_loss": sum(losses[-20:]) / 20,
-            "build_s": time.time() - t0, "torch_threads": 1}
+    return {"base": str(base), **build_sft_model(out_dir, seed, rows, s, init=base)}
 
 
 def answer_correct(completion: str, row: dict) -> bool:
