@@ -1,0 +1,149 @@
+"""`twenty_questions` and `guess_my_city`: ArCHer's two guessing games with a rule-based oracle.
+
+ArCHer's oracle is a fine-tuned flan-t5 (weights on the authors' drive); ours is an object x attribute table and a
+keyword parser, so the games run on a CPU with no network and the oracle is exact. The agent asks yes/no
+questions; the oracle answers from the hidden object's row of the table:
+- an utterance that names an object of the table is a guess: "Correct!" and the episode ends (reward 0), or "No.";
+- otherwise, one that names exactly one attribute (or a synonym) is answered "Yes." / "No.";
+- anything else is answered "Invalid question.".
+Every turn that does not end the game costs -1; at most `max_turns` (20) turns. The hidden object is drawn from
+the `split` ("train" or "test": a fixed, seed-independent partition of the table) by the episode seed, so
+evaluation on `split: test` is on objects never hidden during training.
+
+`expert_question(env)` is the scripted expert (a decision tree over the whole table, attributes in a fixed
+order); the zoo's `tiny-agent` is warm-started on a noisy version of it (trainers/sft/tiny_agent.py).
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from envs.text.base import TEXT_ENVS
+
+# attribute -> words that ask about it (the first is the one the expert uses)
+OBJECT_ATTRIBUTES = {"animal": ("animal", "alive", "creature"), "big": ("big", "large", "huge"),
+                     "water": ("water", "sea", "ocean", "swim"), "edible": ("edible", "eat", "food"),
+                     "metal": ("metal", "metallic", "steel"), "round": ("round", "circular", "sphere")}
+# object: its attributes in OBJECT_ATTRIBUTES order (animal, big, water, edible, metal, round)
+OBJECTS = {
+    "dog": "100000", "horse": "110000", "whale": "111000", "shark": "111100", "cow": "110100", "chicken": "100100",
+    "fish": "101100", "frog": "101000", "turtle": "101001", "crab": "101101", "hedgehog": "100001", "pig": "110101",
+    "apple": "000101", "banana": "000100", "melon": "010101", "coconut": "001101", "coin": "000011", "key": "000010",
+    "car": "010010", "boat": "011010", "anchor": "001010", "ball": "000001", "chair": "000000", "table": "010000",
+    "sponge": "001000", "bell": "010011", "seaweed": "001100", "island": "011000", "planet": "010001",
+    "can": "000111", "buoy": "001011", "tank": "010110",
+}
+CITY_ATTRIBUTES = {"europe": ("europe", "european"), "asia": ("asia", "asian"), "america": ("america", "american"),
+                   "coast": ("coast", "coastal", "sea"), "capital": ("capital",), "huge": ("huge", "million", "big"),
+                   "hot": ("hot", "warm", "tropical")}
+# city: (europe, asia, america, coast, capital, huge, hot)
+CITIES = {
+    "paris": "1000110", "london": "1001110", "rome": "1000101", "madrid": "1000111", "lisbon": "1001101",
+    "berlin": "1000100", "barcelona": "1001001", "milan": "1000000", "oslo": "1001100", "athens": "1001111",
+    "tokyo": "0101110", "beijing": "0100110", "mumbai": "0101011", "bangkok": "0100111", "seoul": "0100100",
+    "shanghai": "0101010", "manila": "0101111", "delhi": "0100011", "chicago": "0010000", "toronto": "0010010",
+    "lima": "0011111", "miami": "0011001", "boston": "0011000", "mexico": "0010111", "cairo": "0000111",
+    "sydney": "0001011", "lagos": "0001111", "nairobi": "0000101",
+}
+
+
+def _split(names: list[str], split: str) -> list[str]:
+    """Every fourth name (in table order) is held out for `split: test`; the rest are `train`."""
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    if split == "all":
+        return list(names)
+    return [n for i, n in enumerate(names) if (i % 4 == 3) == (split == "test")]
+
+
+class AttributeGame:
+    """A guessing game over a name x attribute table (the two games below differ only in their tables)."""
+
+    attributes: dict[str, tuple[str, ...]]
+    table: dict[str, str]
+    intro: str
+
+    def __init__(self, split: str = "train", max_turns: int = 20):
+        self.names = _split(list(self.table), split)
+        self.max_turns = max_turns
+        self.split = split
+        self.hidden, self.turn, self.done = "", 0, True
+
+    def reset(self, seed: int) -> str:
+        self.hidden = self.names[int(np.random.default_rng([seed, 20]).integers(len(self.names)))]
+        self.turn, self.done, self.asked = 0, False, []
+        return self.intro
+
+    def answer(self, utterance: str) -> tuple[str, bool]:
+        """The oracle: (reply, guessed correctly)."""
+        words = re.findall(r"[a-z]+", utterance.lower())
+        named = [w for w in words if w in self.table]
+        if named:
+            return ("Correct!\n", True) if self.hidden in named else ("No.\n", False)
+        asked = {a for a, syn in self.attributes.items() if any(w in syn for w in words)}
+        if len(asked) != 1:
+            return "Invalid question.\n", False
+        (a,) = asked
+        col = list(self.attributes).index(a)
+        return ("Yes.\n" if self.table[self.hidden][col] == "1" else "No.\n"), False
+
+    def step(self, utterance: str) -> tuple[str, float, bool, dict]:
+        if self.done:
+            raise RuntimeError("step after the episode ended (call reset)")
+        self.turn += 1
+        self.asked.append(utterance)
+        reply, success = self.answer(utterance)
+        self.done = success or self.turn >= self.max_turns
+        return reply, (0.0 if success else -1.0), self.done, {"success": success, "hidden": self.hidden}
+
+
+@TEXT_ENVS.register("twenty_questions")
+class TwentyQuestions(AttributeGame):
+    attributes, table = OBJECT_ATTRIBUTES, OBJECTS
+    intro = "Guess the object.\n"
+
+
+@TEXT_ENVS.register("guess_my_city")
+class GuessMyCity(AttributeGame):
+    attributes, table = CITY_ATTRIBUTES, CITIES
+    intro = "Guess the city.\n"
+
+
+def question(game: AttributeGame, attribute: str) -> str:
+    return f"Is it {attribute}?"
+
+
+def guess(name: str) -> str:
+    return f"Is it {name}?"
+
+
+def expert_utterance(game: AttributeGame, candidates: list[str], rng: np.random.Generator | None = None,
+                     noise: float = 0.0) -> str:
+    """The scripted expert's next utterance given the names still consistent with the answers so far (over the
+    whole table: the expert knows every object): one candidate left -> guess it; else ask the first attribute, in
+    table order, that splits the candidates. With probability `noise` (rng given) it instead asks a random attribute
+    (maybe a useless one) or, when several candidates remain, guesses one of them at random."""
+    if rng is not None and noise > 0 and rng.random() < noise:
+        if len(candidates) > 1 and rng.random() < 0.5:
+            return guess(candidates[int(rng.integers(len(candidates)))])
+        return question(game, list(game.attributes)[int(rng.integers(len(game.attributes)))])
+    if len(candidates) == 1:
+        return guess(candidates[0])
+    for col, a in enumerate(game.attributes):
+        if len({game.table[c][col] for c in candidates}) == 2:
+            return question(game, a)
+    return guess(candidates[0])  # identical rows: any of them
+
+
+def filter_candidates(game: AttributeGame, candidates: list[str], utterance: str, reply: str) -> list[str]:
+    """The candidates still consistent after `utterance` got `reply`."""
+    words = re.findall(r"[a-z]+", utterance.lower())
+    named = [w for w in words if w in game.table]
+    if named:
+        return [c for c in candidates if c not in named] if reply.startswith("No") else [named[0]]
+    asked = [a for a, syn in game.attributes.items() if any(w in syn for w in words)]
+    if len(asked) != 1 or reply.startswith("Invalid"):
+        return candidates
+    col, want = list(game.attributes).index(asked[0]), "1" if reply.startswith("Yes") else "0"
+    return [c for c in candidates if game.table[c][col] == want]
