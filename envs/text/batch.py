@@ -106,6 +106,10 @@ class TextEnvBatch:
             return "", 0.0, True, {}
         return o, float(r), d, info
 
+    def abandon(self, i: int) -> None:
+        """End episode `i` from the agent's side (e.g. its context is full): later steps skip it."""
+        self.done[i] = True
+
     @property
     def n_dropped(self) -> int:
         return sum(d is not None for d in self.dropped)
