@@ -34,6 +34,26 @@ TEXT_ENVS: Registry[Callable[..., TextEnv]] = Registry(
 """Built-in text environments by name (values: classes taking the env's keyword arguments)."""
 
 
+def takes_split(name: str) -> bool:
+    """Whether env `name`'s constructor takes a `split` keyword (train/test partitions of its tasks)."""
+    import inspect
+
+    if name.startswith("textarena/"):
+        return False
+    if name in TEXT_ENVS:
+        cls = TEXT_ENVS.get(name)
+    elif ":" in name:
+        from rewards.loader import load_user_object
+
+        cls = load_user_object(name, "text env")
+    else:
+        return False  # not an env: env_factory names the problem
+    try:
+        return "split" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def env_factory(name: str, kwargs: dict[str, Any] | None = None, key: str = "env") -> Callable[[], TextEnv]:
     """A zero-argument function that builds one instance of env `name` (a registered name, `textarena/<GameId>`, or
     a user `file.py:Class` / `pkg.mod:Class`) with `kwargs`. Errors are ConfigErrors naming `key` and the env."""

@@ -119,18 +119,25 @@ def guess(name: str) -> str:
 
 
 def expert_utterance(game: AttributeGame, candidates: list[str], rng: np.random.Generator | None = None,
-                     noise: float = 0.0) -> str:
+                     sloppy: float = 0.0, rash: float = 0.0) -> str:
     """The scripted expert's next utterance given the names still consistent with the answers so far (over the
-    whole table: the expert knows every object): one candidate left -> guess it; else ask the first attribute, in
-    table order, that splits the candidates. With probability `noise` (rng given) it instead asks a random attribute
-    (maybe a useless one) or, when several candidates remain, guesses one of them at random."""
-    if rng is not None and noise > 0 and rng.random() < noise:
-        if len(candidates) > 1 and rng.random() < 0.5:
-            return guess(candidates[int(rng.integers(len(candidates)))])
-        return question(game, list(game.attributes)[int(rng.integers(len(game.attributes)))])
+    whole table: the expert knows every object). Sharp: one candidate left -> guess it; else ask the first
+    attribute, in table order, that splits the candidates. With an `rng`, it is noisy: with probability `rash` it
+    guesses a random candidate while several remain, and with probability `sloppy` it asks the next attribute in
+    table order that it has not asked yet, whether or not it splits the candidates (a wasted turn when not)."""
+    r = rng.random() if rng is not None else 1.0
+    names = list(game.attributes)
+    if len(candidates) > 1 and r < rash:
+        return guess(candidates[int(rng.integers(len(candidates)))])
+    if r < rash + sloppy:
+        asked = {a for u in game.asked for a, syn in game.attributes.items()
+                 if any(w in syn for w in re.findall(r"[a-z]+", u.lower()))}
+        left = [a for a in names if a not in asked]
+        if left and len(candidates) > 1:
+            return question(game, left[0])
     if len(candidates) == 1:
         return guess(candidates[0])
-    for col, a in enumerate(game.attributes):
+    for col, a in enumerate(names):
         if len({game.table[c][col] for c in candidates}) == 2:
             return question(game, a)
     return guess(candidates[0])  # identical rows: any of them
