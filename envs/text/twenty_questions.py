@@ -24,15 +24,17 @@ from envs.text.base import TEXT_ENVS
 # attribute -> words that ask about it (the first is the one the expert uses)
 OBJECT_ATTRIBUTES = {"animal": ("animal", "alive", "creature"), "big": ("big", "large", "huge"),
                      "water": ("water", "sea", "ocean", "swim"), "edible": ("edible", "eat", "food"),
-                     "metal": ("metal", "metallic", "steel"), "round": ("round", "circular", "sphere")}
-# object: its attributes in OBJECT_ATTRIBUTES order (animal, big, water, edible, metal, round)
+                     "metal": ("metal", "metallic", "steel"), "round": ("round", "circular", "sphere"),
+                     "legs": ("legs", "leg", "walk"), "wood": ("wood", "wooden"), "white": ("white",),
+                     "soft": ("soft", "fluffy")}
+# object: its attributes in OBJECT_ATTRIBUTES order (animal, big, water, edible, metal, round, legs, wood, white, soft)
 OBJECTS = {
-    "dog": "100000", "horse": "110000", "whale": "111000", "shark": "111100", "cow": "110100", "chicken": "100100",
-    "fish": "101100", "frog": "101000", "turtle": "101001", "crab": "101101", "hedgehog": "100001", "pig": "110101",
-    "apple": "000101", "banana": "000100", "melon": "010101", "coconut": "001101", "coin": "000011", "key": "000010",
-    "car": "010010", "boat": "011010", "anchor": "001010", "ball": "000001", "chair": "000000", "table": "010000",
-    "sponge": "001000", "bell": "010011", "seaweed": "001100", "island": "011000", "planet": "010001",
-    "can": "000111", "buoy": "001011", "tank": "010110",
+    "dog": "1000001001", "horse": "1100001000", "whale": "1110000000", "shark": "1111000000", "cow": "1101001000", "chicken": "1001001011",
+    "fish": "1011000001", "frog": "1010001001", "turtle": "1010011000", "crab": "1011011000", "hedgehog": "1000011000", "pig": "1101011000",
+    "apple": "0001010000", "banana": "0001000001", "melon": "0101010000", "coconut": "0011010000", "coin": "0000110000", "key": "0000100000",
+    "car": "0100100000", "boat": "0110100110", "anchor": "0010100000", "ball": "0000010011", "chair": "0000001100", "table": "0100001100",
+    "sponge": "0010000001", "bell": "0100110000", "seaweed": "0011000001", "island": "0110000000", "planet": "0100010000",
+    "can": "0001110000", "buoy": "0010110010", "tank": "0101100000",
 }
 CITY_ATTRIBUTES = {"europe": ("europe", "european"), "asia": ("asia", "asian"), "america": ("america", "american"),
                    "coast": ("coast", "coastal", "sea"), "capital": ("capital",), "huge": ("huge", "million", "big"),

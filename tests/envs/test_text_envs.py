@@ -13,7 +13,7 @@ from rl.errors import ConfigError
 FIXTURES = Path(__file__).parent / "fixtures" / "user_text_envs.py"
 
 
-@pytest.mark.parametrize("name", TEXT_ENVS.names())
+@pytest.mark.parametrize("name", TEXT_ENVS.names() + ["textarena/GuessTheNumber-v0"])
 def test_contract_every_registered_env(name):
     """reset gives a str; random utterances always get (str, finite float, bool, JSON-able dict); every episode ends
     within its max_turns; the same seed replays the same episode."""
