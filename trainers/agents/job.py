@@ -31,10 +31,16 @@ def make_learner(ctx):
 def train(cfg: AgentConfig, run: RunDir) -> dict:
     import torch
 
+    from rl.zoo import resolve_model_path
     from trainers.agents.context import build_context
 
+    # zoo models build (and seed torch while they do) before the job seeds its RNGs: a first run that builds them
+    # and a resumed run that finds them cached draw the same random numbers
+    policy_dir = resolve_model_path(cfg.policy.path, key="policy.path")
+    if cfg.algo == "archer":
+        resolve_model_path(cfg.archer.critic_path, key="archer.critic_path")
     job = start(run, cfg.seed, cfg.torch_threads)
-    ctx = build_context(cfg)
+    ctx = build_context(cfg, policy_dir)
     learner = make_learner(ctx)
     state = job.load_state("state.pt")
     if state:
