@@ -126,7 +126,8 @@ def expert_utterance(game: AttributeGame, candidates: list[str], rng: np.random.
     whole table: the expert knows every object). Sharp: one candidate left -> guess it; else ask the first
     attribute, in table order, that splits the candidates. With an `rng`, it is noisy: with probability `rash` it
     guesses a random candidate while several remain, and with probability `sloppy` it asks the next attribute in
-    table order that it has not asked yet, whether or not it splits the candidates (a wasted turn when not)."""
+    table order that it has not asked yet, whether or not it helps (a wasted turn when it does not split the
+    candidates, e.g. once only one is left)."""
     r = rng.random() if rng is not None else 1.0
     names = list(game.attributes)
     if len(candidates) > 1 and r < rash:
@@ -135,7 +136,7 @@ def expert_utterance(game: AttributeGame, candidates: list[str], rng: np.random.
         asked = {a for u in game.asked for a, syn in game.attributes.items()
                  if any(w in syn for w in re.findall(r"[a-z]+", u.lower()))}
         left = [a for a in names if a not in asked]
-        if left and len(candidates) > 1:
+        if left:
             return question(game, left[0])
     if len(candidates) == 1:
         return guess(candidates[0])

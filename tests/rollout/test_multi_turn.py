@@ -96,3 +96,38 @@ def test_worker_task_form_and_reproducible(model_dir):
     assert [s.token_ids for t in a for s in t.steps] == [s.token_ids for t in b for s in t.steps]
     with pytest.raises(ValueError, match="prompt entry must be \\[env_seed\\]"):
         runner.run(engine, RolloutTask(0, [[1, 2]], 1, SAMPLING), between=lambda k: None)
+
+
+def test_episodes_through_the_real_controller_and_worker(model_dir, base_model):
+    """Prompt entries [env_seed] through RolloutController + a local worker: episodes come back in groups, scored by
+    their env return, every token tagged with the policy version that produced it (within the staleness bound)."""
+    from rollout.controller import RolloutController
+    from rollout.engine import EngineSpec
+    from rollout.workers import WorkerPool
+    from tests.rollout.test_weight_sync import Source
+    from trainers.grpo.batch import PromptSampler
+
+    runner = MultiTurnRunner(env="twenty_questions", env_kwargs={"max_turns": 3}, tokenizer_path=str(model_dir),
+                             max_context=256)
+
+    def score(task, trajectories):
+        r = torch.tensor([sum(s.reward for s in t.steps) for t in trajectories])
+        return r, torch.ones(len(trajectories), dtype=torch.bool), {}
+
+    pool = WorkerPool("local", 1, EngineSpec("hf", str(model_dir)), runner)
+    ctrl = RolloutController(pool, prompt_ids=[[s] for s in range(10)], sampler=PromptSampler(10, 0), score_fn=score,
+                             group_size=2, groups_per_step=2, max_staleness=1, prompts_per_task=1,
+                             sampling=SamplingParams(max_new_tokens=4, temperature=1.0), seed=0, last_step=2)
+    try:
+        ctrl.publish(Source(base_model), 0)
+        for step in (1, 2):
+            groups, _ = ctrl.collect(step)
+            assert len(groups) == 2
+            for g in groups:
+                assert len(g.trajectories) == 2
+                for t, r in zip(g.trajectories, g.rewards):
+                    assert len(t.steps) == 3 and float(r) == -3.0  # random policy: 3 turns, no success
+                    assert all(step - 2 <= v <= step - 1 for v in t.versions)
+            ctrl.publish(Source(base_model), step)
+    finally:
+        ctrl.close()
