@@ -34,6 +34,10 @@ def add_arguments(p) -> None:
     p.add_argument("--eval-episodes", type=int, default=64, help="held-out episodes per evaluation")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per job")
     p.add_argument("--set", action="append", default=[], help="extra key=value override for every job")
+    p.add_argument("--throughput-workers", default="1,2",
+                   help="also measure rollout throughput through the controller with these numbers of Ray workers "
+                        "(comma-separated; empty: skip)")
+    p.add_argument("--throughput-episodes", type=int, default=128, help="episodes per throughput measurement")
 
 
 def job_overrides(algo: str, seed: int, a, run_dir: Path) -> list[str]:
@@ -76,6 +80,63 @@ def plot(env: str, curves: dict, out: Path) -> Path:
     return path
 
 
+def throughput(env: str, n_workers: int, episodes: int, group_size: int = 8) -> dict:
+    """Env steps/s and generated tokens/s of the tiny-agent's episodes through the rollout controller and `n_workers`
+    Ray workers (one CPU each; a local Ray started and shut down here), after one warm-up step."""
+    import ray
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rl.cluster import ClusterConfig, init_ray
+    from rl.zoo import resolve_model_path
+    from rollout.controller import RolloutController
+    from rollout.engine import EngineSpec
+    from rollout.runners.multi_turn import MultiTurnRunner
+    from rollout.types import SamplingParams
+    from rollout.workers import WorkerPool
+    from trainers.grpo.batch import PromptSampler
+
+    class Source:  # the trainer's side of the weight sync: the (unchanged) policy
+        def __init__(self, model):
+            self.model = model
+
+        def weights(self):
+            sd = self.model.state_dict()
+            return sd, len(sd)
+
+    model_dir = resolve_model_path("tiny-agent")
+    runner = MultiTurnRunner(env=env, env_kwargs={"split": "train"}, tokenizer_path=str(model_dir))
+    groups = max(1, episodes // group_size)
+    started = init_ray(ClusterConfig())
+    root = str(Path(__file__).resolve().parents[2])
+    pool = WorkerPool("ray", n_workers, EngineSpec("hf", str(model_dir)), runner, env_vars={"PYTHONPATH": root})
+
+    def score(task, trajs):
+        return torch.tensor([sum(s.reward for s in t.steps) for t in trajs]), torch.ones(len(trajs), dtype=torch.bool), {}
+
+    ctrl = RolloutController(pool, prompt_ids=[[s] for s in range(100_000)], sampler=PromptSampler(100_000, 0),
+                             score_fn=score, group_size=group_size, groups_per_step=groups, max_staleness=0,
+                             prompts_per_task=1, sampling=SamplingParams(max_new_tokens=16, temperature=1.0),
+                             seed=0, last_step=2)
+    try:
+        src = Source(AutoModelForCausalLM.from_pretrained(model_dir))
+        ctrl.publish(src, 0)
+        ctrl.collect(1)  # warm-up (actor start, first generation)
+        ctrl.publish(src, 1)
+        t0 = time.perf_counter()
+        got, _ = ctrl.collect(2)
+        dt = time.perf_counter() - t0
+    finally:
+        ctrl.close()
+        if started:
+            ray.shutdown()
+    trajs = [t for g in got for t in g.trajectories]
+    steps = sum(len(t.steps) for t in trajs)
+    tokens = sum(len(s.token_ids) for t in trajs for s in t.steps)
+    return {"workers": n_workers, "episodes": len(trajs), "env_steps_per_s": steps / dt, "tokens_per_s": tokens / dt,
+            "seconds": dt}
+
+
 def run(a) -> dict:
     algos = [x for x in a.algos.split(",") if x]
     out = Path(a.out)
@@ -113,7 +174,13 @@ def run(a) -> dict:
              f"GRPO (GRPO's episodes / ArCHer's episodes to reach that return): {ratio if ratio is None else round(ratio, 2)}"
              f" (goal >= 10).\n")
     png = plot(a.env, curves, out)
+    tp = [throughput(a.env, int(n), a.throughput_episodes) for n in a.throughput_workers.split(",") if n.strip()]
+    if tp:
+        from rl.bench.common import markdown_table
+
+        notes += "\nRollout throughput through the controller and Ray workers (tiny-agent, train split):\n\n" + \
+            markdown_table(tp)
     write_report("agents", rows, out, extra={"curves": {f"{k[0]}-{k[1]}": v for k, v in curves.items()},
                                              "grpo_final_return": target, "archer_vs_grpo_ratio": ratio,
-                                             "plot": str(png), "args": vars(a)}, notes=notes)
+                                             "throughput": tp, "plot": str(png), "args": vars(a)}, notes=notes)
     return {"rows": rows, "ratio": ratio}

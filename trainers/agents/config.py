@@ -53,6 +53,8 @@ class GRPOSection(Section):
     """G: episodes per env seed; the advantage is the episode return normalised within its group."""
     clip_eps: float = Field(0.2, gt=0)
     """PPO clip of the token ratio (one update per batch: the ratio starts at 1)."""
+    loss_agg: Literal["episode_mean", "token_mean"] = "episode_mean"
+    """How token terms are averaged (`trainers.agents.loss.grpo_episode_loss`)."""
 
 
 class ArcherSection(Section):

@@ -9,17 +9,27 @@ import torch
 
 
 def grpo_episode_loss(logprobs: torch.Tensor, behav_logprobs: torch.Tensor, advantages: torch.Tensor,
-                      mask: torch.Tensor, clip_eps: float = 0.2) -> tuple[torch.Tensor, dict[str, float]]:
+                      mask: torch.Tensor, clip_eps: float = 0.2, agg: str = "episode_mean"
+                      ) -> tuple[torch.Tensor, dict[str, float]]:
     """Multi-turn GRPO (the peers' baseline): every policy token of episode b gets its episode's advantage
     `advantages[b]` (from the episode return, `trainers.advantages.grpo_advantage` over the G episodes of one env
-    seed); PPO's clipped ratio against the behaviour log-probs; mean over all policy tokens of the batch.
+    seed); PPO's clipped ratio against the behaviour log-probs.
 
-    loss = -sum_{b,k} mask * min(ratio * A_b, clip(ratio, 1-eps, 1+eps) * A_b) / sum mask"""
+    agg "episode_mean" (GRPO's 1/G sum_i 1/|o_i| sum_t, per episode):
+        loss = -mean_b [ sum_k mask * min(ratio * A_b, clip(ratio, 1-eps, 1+eps) * A_b) / sum_k mask ]
+    agg "token_mean": the same sum over all policy tokens of the batch / their count. In multi-turn episodes the
+    long, failed ones hold most tokens, so token_mean lets their negative advantages dominate the shared tokens
+    (measured on twenty_questions: the return fell under token_mean); episode_mean is the default."""
     A = advantages[:, None]  # [B, 1] broadcast over tokens
     ratio = torch.exp(logprobs - behav_logprobs)  # [B, S]
     surr = torch.minimum(ratio * A, ratio.clamp(1 - clip_eps, 1 + clip_eps) * A)  # [B, S]
     n = mask.sum().clamp(min=1)
-    loss = -(surr * mask).sum() / n
+    if agg == "episode_mean":
+        loss = -((surr * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    elif agg == "token_mean":
+        loss = -(surr * mask).sum() / n
+    else:
+        raise ValueError(f"agg must be 'episode_mean' or 'token_mean', got {agg!r}")
     clipped = ((ratio - 1).abs() > clip_eps).float()
     return loss, {"loss/policy": loss.item(), "loss/clipfrac": ((clipped * mask).sum() / n).item()}
 

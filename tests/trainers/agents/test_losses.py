@@ -60,10 +60,12 @@ def test_grpo_episode_loss_gives_every_policy_token_its_episode_advantage():
     behav = torch.log(torch.tensor([[0.5, 0.25, 0.5], [0.25, 0.5, 0.5]]))
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])  # row 1: an observation token at position 1
     adv = torch.tensor([1.0, -2.0])
-    # ratios: row 0 [1, 2 (clipped to 1.2 for A>0)], row 1 [1, ., 1]; surr: 1, 1.2, -2, -2 -> loss = -(1+1.2-4)/4
-    loss, m = grpo_episode_loss(lp, behav, adv, mask, clip_eps=0.2)
+    # ratios: row 0 [1, 2 (clipped to 1.2 for A>0)], row 1 [1, ., 1]; surr: 1, 1.2 | -2, -2
+    loss, m = grpo_episode_loss(lp, behav, adv, mask, clip_eps=0.2, agg="token_mean")
     assert loss.item() == pytest.approx(-(1 + 1.2 - 2 - 2) / 4)
     assert m["loss/clipfrac"] == pytest.approx(0.25)
+    # per episode: (1 + 1.2) / 2 = 1.1 and (-2 - 2) / 2 = -2 -> -(1.1 - 2) / 2 = 0.45
+    assert grpo_episode_loss(lp, behav, adv, mask, clip_eps=0.2)[0].item() == pytest.approx(0.45)
 
 
 def test_grpo_episode_loss_matches_a_plain_loop():
@@ -77,7 +79,7 @@ def test_grpo_episode_loss_matches_a_plain_loop():
                 r, a = math.exp(float(lp[b, k] - behav[b, k])), float(adv[b])
                 total += min(r * a, min(max(r, 0.8), 1.2) * a)
                 n += 1
-    assert grpo_episode_loss(lp, behav, adv, mask)[0].item() == pytest.approx(-total / n, rel=1e-5)
+    assert grpo_episode_loss(lp, behav, adv, mask, agg="token_mean")[0].item() == pytest.approx(-total / n, rel=1e-5)
 
 
 def test_top_fraction_and_bc_loss():
