@@ -75,9 +75,10 @@ class AgentContext:
         return ids, [self.tok.decode(i, skip_special_tokens=True).strip() for i in ids]
 
     def utterance_logprobs(self, state_ids: list[list[int]], action_ids: list[list[int]]):
-        """([B, L] differentiable log pi of each utterance token given its state, [B, L] mask)."""
+        """([B, L] differentiable log pi (at the rollout temperature) of each utterance token given its state, [B, L]
+        mask)."""
         ids, attn, P = left_pad(state_ids, action_ids, self.engine.pad_id)
-        lp = policy_logprobs(self.policy, ids, attn, P, 1.0)  # [B, L]
+        lp = policy_logprobs(self.policy, ids, attn, P, self.cfg.rollout.temperature)  # [B, L]
         mask = torch.zeros_like(lp)
         for i, a in enumerate(action_ids):
             mask[i, :len(a)] = 1

@@ -64,8 +64,11 @@ def collate_episodes(trajs: list[Trajectory], pad_id: int) -> EpisodeBatch:
     return EpisodeBatch(ids, attn, mask, turn, behav, vers)
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, S] log pi(token j | tokens < j) at temperature 1 for right-padded rows (position 0 gets 0). Differentiable."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()  # [B, S-1, V]
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0
+                   ) -> torch.Tensor:
+    """[B, S] log pi(token j | tokens < j) at `temperature` (that of the behaviour log-probs) for right-padded rows
+    (position 0 gets 0). Differentiable."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+    logits = logits / temperature  # [B, S-1, V]
     lp = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # [B, S-1]
     return torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)  # [B, S]

@@ -22,7 +22,8 @@ class FilteredBC:
         kept = [trajs[i] for i in top_fraction(torch.tensor([episode_return(t) for t in trajs]), c.top_fraction)]
         b = collate_episodes(kept, ctx.engine.pad_id)
         for _ in range(c.steps):
-            loss, m = bc_loss(token_logprobs(ctx.policy, b.input_ids, b.attention_mask), b.policy_mask)
+            loss, m = bc_loss(token_logprobs(ctx.policy, b.input_ids, b.attention_mask, ctx.cfg.rollout.temperature),
+                              b.policy_mask)
             m["grad_norm/policy"] = ctx.policy_step(loss)
         ctx.sync()
         m["bc/kept_return"] = sum(map(episode_return, kept)) / len(kept)

@@ -29,7 +29,7 @@ class AgentGRPO:
         if not keep:
             return {"loss/policy": 0.0, "grpo/zero_adv_frac": 1.0}
         b = collate_episodes([trajs[i] for i in keep], ctx.engine.pad_id)
-        lp = token_logprobs(ctx.policy, b.input_ids, b.attention_mask)  # [K, S]
+        lp = token_logprobs(ctx.policy, b.input_ids, b.attention_mask, ctx.cfg.rollout.temperature)  # [K, S]
         loss, m = grpo_episode_loss(lp, b.behav_logprobs, adv[keep], b.policy_mask, g.clip_eps, g.loss_agg)
         m["grad_norm/policy"] = ctx.policy_step(loss)
         ctx.sync()
