@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from envs.text.base import env_factory
+from rl.errors import ConfigError
 from envs.text.batch import TextEnvBatch
 from rollout.runners.base import RUNNERS, Between
 from rollout.runners.chunked import chunk_seed
@@ -93,9 +94,10 @@ class MultiTurnRunner:
         steps: list[list[Step]] = [[] for _ in seeds]
         for i, c in enumerate(ctx):
             if not batch.done[i] and len(c) + sampling.max_new_tokens > self.max_context:
-                raise ValueError(f"multi_turn runner: env '{self.env}' seed {seeds[i]}: the first observation is "
-                                 f"{len(c)} tokens; with max_new_tokens={sampling.max_new_tokens} it does not fit "
-                                 f"max_context={self.max_context}")
+                raise ConfigError(f"multi_turn runner: env '{self.env}' seed {seeds[i]}: the first observation is "
+                                  f"{len(c)} tokens; with max_new_tokens={sampling.max_new_tokens} it does not fit "
+                                  f"max_context={self.max_context} (a policy with a longer context, or a smaller "
+                                  f"rollout.max_new_tokens)")
         turn = 0
         while not all(batch.done):
             if turn > 0 and between is not None:
