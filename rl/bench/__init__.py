@@ -12,4 +12,5 @@ BENCHES: dict[str, str] = {
     "sync": "rl.bench.sync",
     "sandbox": "rl.bench.sandbox",
     "checkpointing": "rl.bench.checkpointing",
+    "diffusion": "rl.bench.diffusion",
 }
