@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from rl.bench.common import write_report
+from rl.bench.common import markdown_table, write_report
 
 L = 32
 SCHEDULES = {
@@ -33,7 +33,6 @@ def add_arguments(p) -> None:
     p.add_argument("--model", default="tiny-mdlm", help="the untrained masked-diffusion model (zoo name or directory)")
     p.add_argument("--runs", default="", help="comma list of label=run_dir of trained runs (e.g. cj=runs/cj)")
     p.add_argument("--problems", type=int, default=200, help="held-out problems per cell")
-    p.add_argument("--out", default="bench_out", help="report directory")
 
 
 def decode_cell(model_dir: Path, rows: list[dict], opts: dict) -> dict:
@@ -85,18 +84,25 @@ def run(args) -> dict:
                                        and 100 * (base["accuracy"] - c["accuracy"]) <= 1.0}
     training = []
     for label, run_dir in runs.items():
+        import yaml
+
         summary = json.loads((Path(run_dir) / "summary.json").read_text())
+        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
         metrics = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
         step_s = [m["perf/step_s"] for m in metrics if "perf/step_s" in m]
         ass = next(r for r in decoding if r["model"] == label and r["schedule"] == "EOSER+ASS")
         uni = next(r for r in decoding if r["model"] == label and r["schedule"] == "uniform L steps")
-        training.append({"run": label, "estimator": summary.get("estimator"), "steps": summary.get("steps"),
+        training.append({"run": label, "estimator": cfg["model"]["estimator"],
+                         "rollout decoding": ", ".join(f"{k}={v}" for k, v in cfg["rollout"]["decoding"].items()
+                                                       if k in ("schedule", "steps", "remasking", "eoser")), "steps": summary.get("steps"),
                          "accuracy_before": summary.get("eval/accuracy_before"),
                          "accuracy_after": summary.get("eval/accuracy_after"),
                          "s_per_step": sum(step_s) / len(step_s) if step_s else None,
                          "after, EOSER+ASS 5 steps": ass["accuracy"], "after, uniform 32 steps": uni["accuracy"]})
-    notes = ("Decoding: greedy, canvas L=32, " + f"{len(rows)} held-out arith_trace problems, one torch thread.\n\n"
-             + ("## Training\n\n" + __import__("rl.bench.common", fromlist=["markdown_table"]).markdown_table(training)
+    notes = ("Decoding: greedy, low-confidence remasking, canvas L=32, "
+             + f"{len(rows)} held-out arith_trace problems, one torch thread. Training accuracies before/after are "
+             "each run's own eval decoding (its rollout.decoding).\n\n"
+             + ("## Training\n\n" + markdown_table(training)
                 if training else "No --runs given: no training table.\n")
              + "\nGoal (>= 3x fewer forwards than uniform L-step, <= 1 point accuracy loss): "
              + ", ".join(f"{k}: {'met' if v['met'] else 'missed'} ({v['fewer_forwards_x']:.2f}x, "
