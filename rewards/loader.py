@@ -48,6 +48,19 @@ def load_reward_fn(ref: str) -> tuple[str, Callable]:
     return attr, _get_function(module, attr, ref, where)
 
 
+def load_user_object(ref: str, kind: str) -> Callable:
+    """The callable `Name` of a user reference `path/to/file.py:Name` or `package.module:Name`, loaded as reward
+    files are (errors name `kind` and the reference). Used for user text environments (envs/text)."""
+    target, _, attr = ref.rpartition(":")
+    if not target or not attr.isidentifier():
+        raise ConfigError(f"{kind} '{ref}': expected 'path/to/file.py:Name' or 'package.module:Name'")
+    if _is_path(target):
+        module, where = _load_file(Path(target).expanduser(), ref, kind), f"file {target}"
+    else:
+        module, where = _import_module(target, ref, kind), f"module '{target}'"
+    return _get_function(module, attr, ref, where, kind)
+
+
 def check_signature(name: str, fn: Callable) -> None:
     """The runner calls `fn(prompts=..., completions=..., **columns)` by keyword, as TRL does (so TRL's
     `def f(completions, **kwargs)` works unchanged). Raises ConfigError unless `fn` can take both by keyword
@@ -123,12 +136,12 @@ def _synthetic_package(directory: Path) -> str:
     return name
 
 
-def _load_file(path: Path, ref: str) -> types.ModuleType:
+def _load_file(path: Path, ref: str, kind: str = "reward") -> types.ModuleType:
     """Import a user's file under a unique module name (see module docstring); failures name the file."""
     path = path.resolve()
     if not path.is_file():
         hint = "" if path.parent.is_dir() else f" (directory {path.parent} does not exist either)"
-        raise ConfigError(f"reward '{ref}': file not found: {path}{hint}")
+        raise ConfigError(f"{kind} '{ref}': file not found: {path}{hint}")
     name = f"{_synthetic_package(path.parent)}.{path.stem}"
     if name in sys.modules:
         return sys.modules[name]
@@ -141,31 +154,31 @@ def _load_file(path: Path, ref: str) -> types.ModuleType:
         spec.loader.exec_module(module)
     except BaseException as e:
         del sys.modules[name]
-        raise ConfigError(f"reward '{ref}': importing {path} failed: {type(e).__name__}: {e}") from e
+        raise ConfigError(f"{kind} '{ref}': importing {path} failed: {type(e).__name__}: {e}") from e
     return module
 
 
-def _import_module(target: str, ref: str) -> types.ModuleType:
+def _import_module(target: str, ref: str, kind: str = "reward") -> types.ModuleType:
     """importlib.import_module, telling "no such module" apart from "the module raised while importing"."""
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as e:
         if e.name and (target == e.name or target.startswith(e.name + ".")):
-            raise ConfigError(f"reward '{ref}': no module named '{e.name}' (is the package installed, or is its "
+            raise ConfigError(f"{kind} '{ref}': no module named '{e.name}' (is the package installed, or is its "
                               f"parent directory on PYTHONPATH? For a file, write 'path/to/file.py:function')") from e
-        raise ConfigError(f"reward '{ref}': importing module '{target}' failed: {type(e).__name__}: {e}") from e
+        raise ConfigError(f"{kind} '{ref}': importing module '{target}' failed: {type(e).__name__}: {e}") from e
     except Exception as e:
-        raise ConfigError(f"reward '{ref}': importing module '{target}' failed: {type(e).__name__}: {e}") from e
+        raise ConfigError(f"{kind} '{ref}': importing module '{target}' failed: {type(e).__name__}: {e}") from e
 
 
-def _get_function(module: types.ModuleType, attr: str, ref: str, where: str) -> Callable:
+def _get_function(module: types.ModuleType, attr: str, ref: str, where: str, kind: str = "reward") -> Callable:
     """module.attr, which must exist and be callable."""
     if not hasattr(module, attr):
         public = sorted(n for n, v in vars(module).items() if not n.startswith("_") and callable(v)
                         and getattr(v, "__module__", None) == module.__name__)
-        raise ConfigError(f"reward '{ref}': {where} has no attribute '{attr}'{did_you_mean(attr, public)}; "
+        raise ConfigError(f"{kind} '{ref}': {where} has no attribute '{attr}'{did_you_mean(attr, public)}; "
                           f"functions defined there: {', '.join(public) or '(none)'}")
     fn = getattr(module, attr)
     if not callable(fn):
-        raise ConfigError(f"reward '{ref}': '{attr}' in {where} is a {type(fn).__name__}, not a function")
+        raise ConfigError(f"{kind} '{ref}': '{attr}' in {where} is a {type(fn).__name__}, not a function")
     return fn

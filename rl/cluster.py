@@ -44,7 +44,15 @@ class ClusterConfig(Section):
     uses the GPU Ray assigns, so no rollout worker is given the same one (a fraction shares it on purpose, e.g. 0.5
     with gpus_per_worker=0.5 on a one-GPU machine); 0 leaves a one-rank trainer on cuda:0, unknown to Ray."""
     cpus_per_worker: float = Field(1.0, gt=0)
-    """Ray CPUs reserved by each rollout worker; also its torch thread count (rounded, at least 1)."""
+    """Ray CPUs reserved by each rollout worker; also its torch thread count (rounded, at least 1) unless
+    `worker_threads` says otherwise."""
+    worker_threads: int | Literal["auto"] = "auto"
+    """Torch threads per rollout worker. auto, on a Ray cluster this process started: with max_staleness 0
+    generation and training alternate, so the workers share all of the machine's cores while the trainer waits
+    (cores // rollout_workers each; `OMP_NUM_THREADS`, when set, is the number of cores the job may use); with
+    max_staleness > 0 they run beside the trainer, so each keeps
+    round(cpus_per_worker) threads and the in-process trainer takes the cores left over. When joining a cluster
+    (`address`), or with `pin_cpus`: round(cpus_per_worker). An integer fixes it."""
     gpus_per_worker: float = Field(0.0, ge=0)
     """Ray GPUs reserved by each rollout worker (fractions share a GPU)."""
     pin_cpus: bool = False
@@ -71,6 +79,8 @@ class ClusterConfig(Section):
 
     @model_validator(mode="after")
     def _check(self):
+        if isinstance(self.worker_threads, int) and self.worker_threads < 1:
+            raise ValueError(f"cluster.worker_threads={self.worker_threads} must be at least 1 (or auto)")
         if self.backend == "local" and self.rollout_workers != 1:
             raise ValueError(f"cluster.rollout_workers={self.rollout_workers} needs cluster.backend=ray "
                              f"(the local backend runs exactly one worker in the trainer's process)")
@@ -226,6 +236,22 @@ def check_resources(c: ClusterConfig) -> None:
                 + (f" + cluster.trainer_ranks={c.trainer_ranks} x cluster.{res.lower()}s_per_trainer="
                    f"{getattr(c, res.lower() + 's_per_trainer'):g}" if ranks else "")
                 + " (lower them, or add nodes to the cluster)")
+
+
+def thread_plan(c: ClusterConfig, overlap: bool) -> tuple[int | None, int]:
+    """(torch threads for the in-process trainer, or None to leave its count alone; torch threads per rollout
+    worker) per `c.worker_threads` (see there). `overlap`: generation runs while the trainer trains
+    (max_staleness > 0)."""
+    reserved = max(1, int(round(c.cpus_per_worker)))
+    if isinstance(c.worker_threads, int):
+        return None, c.worker_threads
+    if c.backend != "ray" or c.address or c.pin_cpus:
+        return None, reserved
+    cores = int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1
+    if not overlap:
+        return None, max(1, cores // c.rollout_workers)
+    trainer = max(1, cores - c.rollout_workers * reserved) if c.trainer_ranks == 1 else None
+    return trainer, reserved
 
 
 def place(core: int | None, threads: int | None) -> int | None:

@@ -80,6 +80,9 @@ JOBS: dict[str, str] = {
     "ippo": "trainers.marl.job:JOB",
     "mappo": "trainers.marl.job:MAPPO_JOB",
     "sac": "trainers.sac.job:JOB",
+    "archer": "trainers.agents.job:ARCHER_JOB",
+    "agent_grpo": "trainers.agents.job:GRPO_JOB",
+    "filtered_bc": "trainers.agents.job:BC_JOB",
 }
 
 

@@ -84,8 +84,9 @@ def prompt_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_le
     for i in range(B):
         real = attention_mask[i].bool()
         g = torch.Generator().manual_seed(row_seed(input_ids[i][real], iteration))
-        out[i] = torch.rand(prompt_len, generator=g) < p
-    return out.to(input_ids.device) & attention_mask[:, :prompt_len].bool()
+        in_prompt = real[:prompt_len].nonzero().squeeze(-1)  # the real prompt columns, whatever the left padding
+        out[i, in_prompt] = torch.rand(len(in_prompt), generator=g) < p
+    return out.to(input_ids.device)
 
 
 def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from rl.cluster import ClusterConfig, pin_to_core
+from rl.cluster import ClusterConfig, pin_to_core, thread_plan
 from rollout.engine import EngineSpec
 from rollout.runners import RUNNERS
 from rollout.weight_sync import SyncHub
@@ -22,13 +22,19 @@ log = logging.getLogger("orchard")
 
 
 def start_workers(cluster: ClusterConfig, rollout, *, model_dir: Path, dtype: str, seed: int,
-                  weights_thread: bool = False, lora: bool = False, estimator: str = "causal") -> WorkerPool:
+                  weights_thread: bool = False, lora: bool = False, overlap: bool = False,
+                  estimator: str = "causal") -> WorkerPool:
     """Rollout workers per `cluster` (Ray, if used, is already up), each with `rollout.engine` over `model_dir` (its
     options `rollout.engine_options`) and the runner `rollout.runner`. With `cluster.pin_cpus` and one trainer
-    rank, this process (the trainer) is pinned to core 0 and the workers to the cores after the trainer ranks."""
+    rank, this process (the trainer) is pinned to core 0 and the workers to the cores after the trainer ranks.
+    overlap: the workers generate while the trainer trains (max_staleness > 0); it decides how the machine's cores
+    are split between them (`rl.cluster.thread_plan`)."""
     c = cluster
     if c.pin_cpus and c.trainer_ranks == 1:
         pin_to_core(0, 1)
+    trainer_threads, worker_threads = thread_plan(c, overlap)
+    if trainer_threads:
+        torch.set_num_threads(trainer_threads)
     engine = EngineSpec(kind=rollout.engine, model_path=str(model_dir), dtype=dtype, seed=seed,
                         options=rollout.engine_options, lora=lora or None, estimator=estimator)  # lora: engines that load adapters
     runner = RUNNERS.get(rollout.runner).from_config(rollout)
@@ -36,7 +42,7 @@ def start_workers(cluster: ClusterConfig, rollout, *, model_dir: Path, dtype: st
     env = {k: v for k, v in os.environ.items() if k.startswith("VLLM_")} if rollout.engine == "vllm" else {}
     return WorkerPool(c.backend, c.rollout_workers, engine, runner, cpus_per_worker=c.cpus_per_worker,
                       gpus_per_worker=c.gpus_per_worker, pin_cpus=c.pin_cpus, env_vars=env, first_core=c.trainer_ranks,
-                      weights_thread=weights_thread)
+                      weights_thread=weights_thread, threads=worker_threads)
 
 
 def sync_backend(cluster: ClusterConfig, trainer_device: torch.device) -> str:

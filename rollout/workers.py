@@ -374,12 +374,14 @@ class WorkerPool:
 
     def __init__(self, backend: str, n: int, engine: EngineSpec, runner: Runner, *, cpus_per_worker: float = 1.0,
                  gpus_per_worker: float = 0.0, pin_cpus: bool = False, env_vars: dict | None = None,
-                 first_core: int = 1, weights_thread: bool = False, worker_cls: type = RolloutWorker):
+                 first_core: int = 1, weights_thread: bool = False, worker_cls: type = RolloutWorker,
+                 threads: int | None = None):
         """backend: `local` (one worker in process) or `ray` (`cluster.backend`).
         runner: what every worker runs tasks with; one with `mid_task_weights` gives each Ray actor a `weights`
         thread, so that weights offered mid-task are loaded between its engine calls.
         weights_thread: give each Ray actor that thread anyway (broadcast weight sync receives on it).
-        first_core: with `pin_cpus`, worker i is pinned to core first_core + i (the trainer ranks come first)."""
+        first_core: with `pin_cpus`, worker i is pinned to core first_core + i (the trainer ranks come first).
+        threads: torch threads of each Ray actor (default: cpus_per_worker, rounded, at least 1)."""
         self.n, self.engine, self.runner, self.worker_cls = n, engine, runner, worker_cls
         self.weights_thread = runner.mid_task_weights or weights_thread
         if backend == "local":
@@ -389,7 +391,8 @@ class WorkerPool:
                                       weights_thread=self.weights_thread)
         else:
             raise ValueError(f"cluster.backend: unknown backend '{backend}' (local or ray)")
-        self.cpus, self.pin, self.first_core = cpus_per_worker, pin_cpus, first_core
+        self.pin, self.first_core = pin_cpus, first_core
+        self.threads = threads or max(1, int(round(cpus_per_worker)))
         self.workers: list[Any] = [None] * n
         self.restarts = [0] * n
         for i in range(n):
@@ -397,7 +400,7 @@ class WorkerPool:
 
     def start(self, i: int) -> None:
         kwargs = {"index": i, "engine": self.engine, "runner": self.runner,
-                  "pin_core": (self.first_core + i) if self.pin else None, "threads": max(1, int(round(self.cpus)))}
+                  "pin_core": (self.first_core + i) if self.pin else None, "threads": self.threads}
         self.workers[i] = self.backend.start(self.worker_cls, kwargs, i)
 
     def restart(self, i: int) -> None:

@@ -12,5 +12,6 @@ BENCHES: dict[str, str] = {
     "sync": "rl.bench.sync",
     "sandbox": "rl.bench.sandbox",
     "checkpointing": "rl.bench.checkpointing",
+    "agents": "rl.bench.agents",
     "diffusion": "rl.bench.diffusion",
 }

@@ -108,3 +108,28 @@ def test_rl_train_joins_a_running_cluster(tmp_path):
                 p.send_signal(signal.SIGKILL)
         head.wait()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_thread_plan_gives_waiting_cores_to_whoever_runs(monkeypatch):
+    """Synchronous (no overlap): the workers share every core, since the trainer waits while they generate.
+    Overlapped: each worker keeps its reserved CPUs and the in-process trainer takes the rest. A joined cluster,
+    pinning or an explicit count keep the reserved/explicit number."""
+    from rl.cluster import thread_plan
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert thread_plan(ClusterConfig(), overlap=False) == (None, 8)
+    assert thread_plan(ClusterConfig(rollout_workers=3), overlap=False) == (None, 2)
+    assert thread_plan(ClusterConfig(), overlap=True) == (7, 1)
+    assert thread_plan(ClusterConfig(rollout_workers=2, cpus_per_worker=2), overlap=True) == (4, 2)
+    assert thread_plan(ClusterConfig(rollout_workers=8, cpus_per_worker=2), overlap=True) == (1, 2)
+    assert thread_plan(ClusterConfig(trainer_ranks=2), overlap=True) == (None, 1)  # ranks have their own threads
+    assert thread_plan(ClusterConfig(address="auto"), overlap=False) == (None, 1)
+    assert thread_plan(ClusterConfig(pin_cpus=True), overlap=False) == (None, 1)
+    assert thread_plan(ClusterConfig(worker_threads=3), overlap=False) == (None, 3)
+    assert thread_plan(ClusterConfig(backend="local"), overlap=False) == (None, 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's thread budget is the machine's
+    assert thread_plan(ClusterConfig(), overlap=False) == (None, 2)
+    assert thread_plan(ClusterConfig(), overlap=True) == (1, 1)
+    with pytest.raises(ValueError, match="worker_threads=0"):
+        ClusterConfig(worker_threads=0)

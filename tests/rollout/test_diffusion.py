@@ -178,7 +178,9 @@ def test_diffu_grpo_masks_the_prompt_per_iteration_and_row():
     assert torch.equal(prompt_mask(ids[1:], attn[1:], 96, 0)[0], a0[1])  # a row's mask ignores its micro-batch
     assert 0.05 < a0.float().mean().item() < 0.3  # p = 0.15
     attn[:, :10] = 0
-    assert not prompt_mask(ids, attn, 96, 0)[:, :10].any()  # padding is never masked
+    padded = prompt_mask(ids, attn, 96, 0)
+    assert not padded[:, :10].any()  # padding is never masked
+    assert torch.equal(prompt_mask(ids[:, 10:], attn[:, 10:], 86, 0), padded[:, 10:])  # nor shifts the mask
 
 
 def test_diffu_grpo_is_one_forward_with_the_completion_masked(tiny_mdlm_dir):

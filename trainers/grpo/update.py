@@ -10,7 +10,7 @@ lengths), which FSDP2's collective forward needs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
@@ -68,6 +68,24 @@ def micro_batches(batch: RolloutBatch, size: int) -> Iterator[RolloutBatch]:
         yield batch.select(slice(start, start + size))
 
 
+def trim(mb: RolloutBatch) -> tuple[RolloutBatch, slice]:
+    """`mb` without the columns none of its rows uses (prompt padding on the left, completion padding on the
+    right), so that a micro-batch is never padded beyond its own longest sequence. Returns it and the completion
+    columns kept, to slice [b, L] tensors computed for the whole batch. Dropped columns are masked out of
+    attention and of the loss, so the log-probs of the kept ones are the same (up to float rounding)."""
+    used = mb.attention_mask.bool().any(dim=0)  # [P+L]
+    P = mb.prompt_len
+    first = min(int(used[:P].long().argmax()), P - 1) if used[:P].any() else P - 1  # first prompt column in use
+    comp = used[P:].nonzero()
+    L = int(comp.max()) + 1 if len(comp) else 1
+    if first == 0 and L == mb.response_mask.shape[1]:
+        return mb, slice(None)
+    return replace(mb, input_ids=mb.input_ids[:, first:P + L], attention_mask=mb.attention_mask[:, first:P + L],
+                   response_mask=mb.response_mask[:, :L], behav_logprobs=mb.behav_logprobs[:, :L],
+                   versions=mb.versions[:, :L], prompt_len=P - first,
+                   reveal_steps=None if mb.reveal_steps is None else mb.reveal_steps[:, :L]), slice(0, L)
+
+
 def ref_logprobs(policy: Policy, batch: RolloutBatch, temperature: float, iteration: int = 0) -> torch.Tensor | None:
     """[b, L] log-probs of the frozen reference (the base model with adapters off, under LoRA), or None if the
     policy has none."""
@@ -109,14 +127,14 @@ def update(policy: Policy, sh: Shard, cfg: GRPOConfig) -> dict:
         policy.optimizer.zero_grad(set_to_none=True)
         for j, start in enumerate(starts):
             idx = slice(start, min(len(batch), start + t.micro_batch_size))
-            mb = batch.select(idx)
+            mb, cols = trim(batch.select(idx))
             real_rows = max(0, min(sh.n_real, idx.stop) - start)
             with policy.strategy.grad_sync(policy.fwd, last=j == len(starts) - 1):
                 lp = batch_logprobs(est, policy.fwd, mb, dev, T, it)  # [mb, L]
-                old_mb = lp.detach().float() if source == "current" else old[it][idx].to(dev)  # [mb, L]
+                old_mb = lp.detach().float() if source == "current" else old[it][idx][:, cols].to(dev)  # [mb, L]
                 inputs = LossInputs(logprobs=lp.float(), old_logprobs=old_mb, behav_logprobs=mb.behav_logprobs.to(dev),
                                     advantages=mb.advantages.to(dev), response_mask=mb.response_mask.to(dev),
-                                    ref_logprobs=None if ref is None else ref[it][idx].to(dev))
+                                    ref_logprobs=None if ref is None else ref[it][idx][:, cols].to(dev))
                 loss, m = policy_loss(inputs, t, max_len=cfg.rollout.max_new_tokens)
                 share, m_share = micro_batch_share(t.loss_agg, mb.response_mask, real_rows, sh.total_tokens,
                                                    sh.batch_size)

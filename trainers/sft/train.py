@@ -29,7 +29,7 @@ def encode_rows(tokenizer, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor
 
 def sft(model, tokenizer, rows: list[dict], steps: int, batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
         warmup: int = 20, on_step=None, stop_below: float | None = None, cooldown: int = 0,
-        window: int = 50) -> list[float]:
+        window: int = 50, encoded: tuple | None = None) -> list[float]:
     """Train in place; returns the loss per step. Linear warm-up over `warmup` steps, then:
     - `stop_below` None: cosine decay to 0 over `steps`;
     - `stop_below` set: constant lr until the mean loss of the last `window` steps falls below it, then cosine decay
@@ -37,7 +37,7 @@ def sft(model, tokenizer, rows: list[dict], steps: int, batch_size: int = 64, lr
       the caller checks the result). Small transformers learning arithmetic sit on a loss plateau for a number of
       steps that varies with the seed and with float rounding; ending the constant phase on the loss rather than
       on a step count makes the result independent of when the model leaves the plateau."""
-    ids, attn, loss_mask = encode_rows(tokenizer, rows)
+    ids, attn, loss_mask = encoded if encoded is not None else encode_rows(tokenizer, rows)  # or already encoded
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     decay_from = [None]  # step at which the cool-down began (stop_below mode)
@@ -54,7 +54,7 @@ def sft(model, tokenizer, rows: list[dict], steps: int, batch_size: int = 64, lr
     model.train()
     losses = []
     for _ in range(steps):
-        idx = torch.from_numpy(rng.choice(len(rows), size=batch_size, replace=False))
+        idx = torch.from_numpy(rng.choice(len(ids), size=batch_size, replace=False))
         x, a, m = ids[idx], attn[idx], loss_mask[idx]
         logits = model(input_ids=x, attention_mask=a).logits[:, :-1]  # [b, n-1, V]
         ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),

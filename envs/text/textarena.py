@@ -1,0 +1,65 @@
+"""`textarena/<GameId>`: TextArena's single-player games (`textarena==0.7.4` on PyPI) behind the text-env API.
+
+TextArena plays a game as `env.reset(num_players, seed)`, then per turn `pid, obs = env.get_observation()` and
+`done, info = env.step(action)`, and at the end `rewards, game_info = env.close()`. Its observation is the whole
+history so far; this adapter returns only what is new since the agent's last utterance (so the multi-turn runner
+appends it as ids, never re-tokenising the history). The reward is 0 per turn and the game's final reward for
+player 0 at the end (GuessTheNumber: 1 for a win); `info["success"]` is whether that final reward is > 0.
+
+Games that do not work here (see README "Multi-turn agents"): two-player games (a fixed opponent is not built yet),
+TwentyQuestions / GuessWho / Debate / ScenarioPlanning (need an OpenRouter key), the word games that call
+`nltk.download` at import (Wordle, Hangman, WordLadder, SpellingBee, WordSearch, ...; fail offline), and Chess,
+Checkers, ReverseTicTacToe, UltimateTexasHoldem, Klondike (Python 3.12 syntax; we run 3.11).
+"""
+from __future__ import annotations
+
+from rl.errors import ConfigError
+
+
+class TextArenaGame:
+    """One TextArena single-player game as a `TextEnv`."""
+
+    def __init__(self, game_id: str, **make_kwargs):
+        import textarena as ta
+
+        self.game_id = game_id
+        self.env = ta.make(game_id, **make_kwargs)
+        self.seen = ""
+
+    def _new_text(self) -> str:
+        pid, obs = self.env.get_observation()
+        obs = obs if isinstance(obs, str) else str(obs)
+        new = obs[len(self.seen):] if obs.startswith(self.seen) else obs
+        self.seen = obs
+        return new
+
+    def reset(self, seed: int) -> str:
+        self.env.reset(num_players=1, seed=seed)
+        self.seen = ""
+        return self._new_text()
+
+    def step(self, utterance: str) -> tuple[str, float, bool, dict]:
+        done, info = self.env.step(utterance)
+        if not done:
+            return self._new_text(), 0.0, False, {}
+        rewards, game_info = self.env.close()
+        r = float(rewards.get(0, 0.0)) if isinstance(rewards, dict) else 0.0
+        reason = str((game_info or {}).get(0, {}).get("reason", "")) if isinstance(game_info, dict) else ""
+        return "", r, True, {"success": r > 0, "reason": reason}
+
+
+def textarena_factory(game_id: str, kwargs: dict, key: str):
+    try:
+        import textarena  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"{key}: textarena/{game_id} needs the textarena package (pip install textarena==0.7.4): "
+                          f"{e}") from e
+    try:
+        game = TextArenaGame(game_id, **kwargs)
+    except Exception as e:
+        raise ConfigError(f"{key}: TextArena game '{game_id}' cannot be made: {type(e).__name__}: {e}") from e
+    n = getattr(game.env, "num_players", None) or getattr(getattr(game.env, "state", None), "num_players", None)
+    if n not in (None, 1):
+        raise ConfigError(f"{key}: TextArena game '{game_id}' is a {n}-player game; only single-player games are "
+                          f"adapted so far (no fixed opponent yet)")
+    return lambda: TextArenaGame(game_id, **kwargs)

@@ -1,0 +1,101 @@
+"""Hand-computed checks of the agent trainers' pure functions: ArCHer's targets, losses, advantage and soft update;
+multi-turn GRPO's episode loss; filtered BC's filter and loss; the replay buffer."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainers.agents.loss import bc_loss, grpo_episode_loss, top_fraction
+from trainers.archer.buffer import ReplayBuffer, Transition
+from trainers.archer.loss import actor_loss, critic_loss, q_targets, soft_update, utterance_advantage
+
+
+def test_q_targets_use_each_head_its_own_target_and_stop_at_done():
+    # r + gamma (1 - d) Vbar_j(s'): [-1 + 0.9*(-2), 0 + 0 (done)] and [-1 + 0.9*(-3), 0]
+    y1, y2 = q_targets(torch.tensor([-1.0, 0.0]), torch.tensor([False, True]), torch.tensor([-2.0, -5.0]),
+                       torch.tensor([-3.0, -7.0]), gamma=0.9)
+    assert torch.allclose(y1, torch.tensor([-2.8, 0.0])) and torch.allclose(y2, torch.tensor([-3.7, 0.0]))
+
+
+def test_critic_loss_sums_the_four_mses():
+    q1, q2 = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0])
+    v1, v2 = torch.tensor([0.0, 1.0]), torch.tensor([3.0, 3.0])
+    y1, y2 = torch.tensor([2.0, 2.0]), torch.tensor([1.0, -1.0])
+    qb1, qb2 = torch.tensor([0.0, 0.0]), torch.tensor([1.0, 1.0])
+    # MSE(q1,y1) = (1+0)/2 = .5; MSE(q2,y2) = (1+1)/2 = 1; MSE(v1,qb1) = (0+1)/2 = .5; MSE(v2,qb2) = (4+4)/2 = 4
+    loss, m = critic_loss(q1, q2, v1, v2, y1, y2, qb1, qb2)
+    assert loss.item() == pytest.approx(6.0) and m["critic/q_loss"] == pytest.approx(1.5)
+    assert m["critic/v_loss"] == pytest.approx(4.5)
+
+
+def test_utterance_advantage_is_min_q_minus_min_v():
+    adv = utterance_advantage(torch.tensor([1.0, -2.0]), torch.tensor([0.5, -1.0]), torch.tensor([-1.0, 0.0]),
+                              torch.tensor([0.0, -3.0]))
+    assert torch.allclose(adv, torch.tensor([0.5 - (-1.0), -2.0 - (-3.0)]))
+
+
+def test_actor_loss_is_reinforce_over_utterance_tokens():
+    lp = torch.tensor([[-1.0, -2.0, -9.0], [-0.5, -9.0, -9.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    adv = torch.tensor([2.0, -1.0])
+    # -mean(2 * (-3), -1 * (-0.5)) = -(-6 + 0.5) / 2 = 2.75; d/d lp[0,0] = -2/2 = -1; masked tokens get 0
+    loss, _ = actor_loss(lp, mask, adv)
+    loss.backward()
+    assert loss.item() == pytest.approx(2.75)
+    assert torch.allclose(lp.grad, torch.tensor([[-1.0, -1.0, 0.0], [0.5, 0.0, 0.0]]))
+
+
+def test_soft_update():
+    online, target = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    online.weight.data.fill_(1.0)
+    target.weight.data.fill_(0.0)
+    soft_update(target, online, 0.1)
+    soft_update(target, online, 0.1)
+    assert target.weight.item() == pytest.approx(0.1 + 0.9 * 0.1)  # 0.19
+
+
+def test_grpo_episode_loss_gives_every_policy_token_its_episode_advantage():
+    lp = torch.log(torch.tensor([[0.5, 0.5, 0.5], [0.25, 0.5, 0.5]]))
+    behav = torch.log(torch.tensor([[0.5, 0.25, 0.5], [0.25, 0.5, 0.5]]))
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])  # row 1: an observation token at position 1
+    adv = torch.tensor([1.0, -2.0])
+    # ratios: row 0 [1, 2 (clipped to 1.2 for A>0)], row 1 [1, ., 1]; surr: 1, 1.2 | -2, -2
+    loss, m = grpo_episode_loss(lp, behav, adv, mask, clip_eps=0.2, agg="token_mean")
+    assert loss.item() == pytest.approx(-(1 + 1.2 - 2 - 2) / 4)
+    assert m["loss/clipfrac"] == pytest.approx(0.25)
+    # per episode: (1 + 1.2) / 2 = 1.1 and (-2 - 2) / 2 = -2 -> -(1.1 - 2) / 2 = 0.45
+    assert grpo_episode_loss(lp, behav, adv, mask, clip_eps=0.2)[0].item() == pytest.approx(0.45)
+
+
+def test_grpo_episode_loss_matches_a_plain_loop():
+    g = torch.Generator().manual_seed(0)
+    lp, behav = -torch.rand(3, 5, generator=g), -torch.rand(3, 5, generator=g)
+    mask, adv = (torch.rand(3, 5, generator=g) > 0.3).float(), torch.randn(3, generator=g)
+    total, n = 0.0, 0
+    for b in range(3):
+        for k in range(5):
+            if mask[b, k]:
+                r, a = math.exp(float(lp[b, k] - behav[b, k])), float(adv[b])
+                total += min(r * a, min(max(r, 0.8), 1.2) * a)
+                n += 1
+    assert grpo_episode_loss(lp, behav, adv, mask, agg="token_mean")[0].item() == pytest.approx(-total / n, rel=1e-5)
+
+
+def test_top_fraction_and_bc_loss():
+    assert top_fraction(torch.tensor([-5.0, -2.0, -9.0, -2.0]), 0.5).tolist() == [1, 3]
+    assert top_fraction(torch.tensor([-5.0, -2.0, -9.0]), 0.1).tolist() == [1]  # at least one
+    with pytest.raises(ValueError):
+        top_fraction(torch.tensor([1.0]), 0.0)
+    loss, _ = bc_loss(torch.tensor([[-1.0, -3.0], [-2.0, -7.0]]), torch.tensor([[1.0, 1.0], [1.0, 0.0]]))
+    assert loss.item() == pytest.approx(2.0)  # (1 + 3 + 2) / 3
+
+
+def test_replay_buffer_ring_and_state():
+    buf = ReplayBuffer(3)
+    buf.add([Transition([i], f"s{i}", "a", -1.0, "s'", False) for i in range(5)])
+    assert [t.state for t in buf.items] == ["s3", "s4", "s2"] and len(buf) == 3
+    copy = ReplayBuffer(1)
+    copy.load_state_dict(buf.state_dict())
+    assert copy.items == buf.items and copy.next == buf.next
+    assert all(t in buf.items for t in buf.sample(10, np.random.default_rng(0)))

@@ -1,0 +1,116 @@
+"""What every agent trainer works with: the policy (trainer copy + optimizer), the rollout engine serving it, the
+multi-turn runners of the training and evaluation envs, and the three operations on them (collect episodes,
+sync weights, evaluate on the fixed held-out episodes)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rl.zoo import resolve_model_path
+from rollout.hf_engine import HFEngine
+from rollout.logprobs import left_pad, policy_logprobs
+from rollout.runners.chunked import chunk_seed
+from rollout.runners.multi_turn import MultiTurnRunner
+from rollout.types import SamplingParams, Trajectory
+from trainers.agents.config import AgentConfig
+from trainers.agents.episodes import episode_return, episode_success
+from trainers.agents.evaluate import evaluate_agent
+
+EVAL_SEED0 = 10**6
+"""Held-out episodes use seeds EVAL_SEED0 + i; training seeds are drawn below it."""
+
+
+@dataclass
+class AgentContext:
+    cfg: AgentConfig
+    model_dir: Path
+    policy: torch.nn.Module
+    opt: torch.optim.Optimizer
+    engine: HFEngine
+    runner: MultiTurnRunner
+    eval_runner: MultiTurnRunner
+    version: int = 0
+
+    @property
+    def tok(self):
+        return self.runner.tok
+
+    def sampling(self, seed: int | None) -> SamplingParams:
+        r = self.cfg.rollout
+        return SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, seed=seed)
+
+    def collect(self, seeds: list[int], it: int) -> tuple[list[Trajectory], dict]:
+        """Episodes of the current policy, one per seed, and their rollout metrics."""
+        t0 = time.time()
+        trajs = self.runner.run_episodes(self.engine, seeds, self.sampling(chunk_seed(self.cfg.seed + 1, it)))
+        dt = time.time() - t0
+        steps = sum(len(t.steps) for t in trajs)
+        tokens = sum(len(s.token_ids) for t in trajs for s in t.steps)
+        n = len(trajs)
+        return trajs, {"rollout/return": sum(map(episode_return, trajs)) / n,
+                       "rollout/success": sum(map(episode_success, trajs)) / n, "rollout/turns": steps / n,
+                       "rollout/dropped": sum(t.steps[-1].info.get("end") == "dropped" if t.steps else 1 for t in trajs),
+                       "rollout/overflow": sum(bool(t.steps) and t.steps[-1].info.get("end") == "context_overflow"
+                                               for t in trajs),
+                       "perf/env_steps_per_s": steps / dt, "perf/tokens_per_s": tokens / dt, "perf/rollout_s": dt}
+
+    def sync(self) -> None:
+        """The engine serves the trainer's current weights, as the next policy version."""
+        self.version += 1
+        self.engine.update_weights(((k, v.detach()) for k, v in self.policy.state_dict().items()), self.version)
+
+    def evaluate(self) -> dict:
+        e = self.cfg.eval
+        return evaluate_agent(self.engine, self.eval_runner, [EVAL_SEED0 + i for i in range(e.episodes)],
+                              self.cfg.rollout.max_new_tokens)
+
+    def sample_actions(self, state_ids: list[list[int]], seed: int) -> tuple[list[list[int]], list[str]]:
+        """Fresh utterances a_pi ~ pi(.|s) from the engine at the given states (ids, texts)."""
+        out = self.engine.generate(state_ids, self.sampling(seed))
+        ids = [s.completion_ids for s in out]
+        return ids, [self.tok.decode(i, skip_special_tokens=True).strip() for i in ids]
+
+    def utterance_logprobs(self, state_ids: list[list[int]], action_ids: list[list[int]]):
+        """([B, L] differentiable log pi (at the rollout temperature) of each utterance token given its state, [B, L]
+        mask)."""
+        ids, attn, P = left_pad(state_ids, action_ids, self.engine.pad_id)
+        lp = policy_logprobs(self.policy, ids, attn, P, self.cfg.rollout.temperature)  # [B, L]
+        mask = torch.zeros_like(lp)
+        for i, a in enumerate(action_ids):
+            mask[i, :len(a)] = 1
+        return lp, mask
+
+    def policy_step(self, loss: torch.Tensor) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.policy.max_grad_norm)
+        self.opt.step()
+        return float(norm)
+
+
+def iteration_seeds(cfg: AgentConfig, it: int, n: int) -> list[int]:
+    """n training env seeds of iteration `it` (deterministic in (seed, it); a resumed run draws the same ones)."""
+    return [int(s) for s in np.random.default_rng([cfg.seed, it, 77]).integers(0, EVAL_SEED0, n)]
+
+
+def build_context(cfg: AgentConfig, policy_dir: Path | None = None) -> AgentContext:
+    """The policy from `policy_dir` (a checkpoint's `policy/`) or `cfg.policy.path`, its engine and the runners."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = policy_dir or resolve_model_path(cfg.policy.path, key="policy.path")
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    policy.train()
+    opt = torch.optim.Adam(policy.parameters(), lr=cfg.policy.lr)
+    engine = HFEngine(str(model_dir), seed=cfg.seed)
+    r = cfg.rollout
+    max_context = r.max_context or policy.config.max_position_embeddings
+
+    def runner(split: str) -> MultiTurnRunner:
+        return MultiTurnRunner(env=cfg.env, env_kwargs=cfg.env_kwargs_for(split), tokenizer_path=str(model_dir),
+                               max_turns=r.max_turns, on_error=r.on_error, max_context=max_context)
+
+    return AgentContext(cfg, Path(model_dir), policy, opt, engine, runner(cfg.split), runner(cfg.eval.split))

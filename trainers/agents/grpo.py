@@ -1,0 +1,43 @@
+"""Multi-turn GRPO (the peers' baseline): G episodes per env seed, the advantage of an episode is its return
+normalised within its group, and every policy token of the episode is trained with it (one clipped-ratio step per
+iteration on the whole batch)."""
+from __future__ import annotations
+
+import torch
+
+from trainers.advantages import grpo_advantage
+from trainers.agents.context import AgentContext, iteration_seeds
+from trainers.agents.episodes import collate_episodes, episode_return, is_usable, token_logprobs
+from trainers.agents.loss import grpo_episode_loss
+
+
+class AgentGRPO:
+    def __init__(self, ctx: AgentContext):
+        self.ctx = ctx
+
+    def seeds(self, it: int) -> list[int]:
+        g = self.ctx.cfg.grpo
+        return [s for s in iteration_seeds(self.ctx.cfg, it, g.seeds_per_iter) for _ in range(g.group_size)]
+
+    def update(self, trajs, it: int) -> dict:
+        ctx, g = self.ctx, self.ctx.cfg.grpo
+        valid = torch.tensor([is_usable(t) for t in trajs])  # [B] dropped episodes are not in any group
+        returns = torch.tensor([episode_return(t) if v else 0.0 for t, v in zip(trajs, valid)])  # [B]
+        groups = torch.arange(len(trajs)) // g.group_size  # [B] group-contiguous (seeds() repeats each seed G times)
+        adv = grpo_advantage(returns, groups, valid)  # [B]
+        keep = [i for i in range(len(trajs)) if valid[i] and adv[i] != 0]
+        if not keep:
+            return {"loss/policy": 0.0, "grpo/zero_adv_frac": 1.0}
+        b = collate_episodes([trajs[i] for i in keep], ctx.engine.pad_id)
+        lp = token_logprobs(ctx.policy, b.input_ids, b.attention_mask, ctx.cfg.rollout.temperature)  # [K, S]
+        loss, m = grpo_episode_loss(lp, b.behav_logprobs, adv[keep], b.policy_mask, g.clip_eps, g.loss_agg)
+        m["grad_norm/policy"] = ctx.policy_step(loss)
+        ctx.sync()
+        m["grpo/zero_adv_frac"] = 1 - len(keep) / len(trajs)
+        return m
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, d: dict) -> None:
+        pass

@@ -1,0 +1,102 @@
+"""The agent jobs `archer`, `agent_grpo` and `filtered_bc`: one loop, three learners.
+
+    collect episodes (multi_turn runner, HF engine in process) -> learner.update (its own losses; syncs the engine)
+    -> log -> evaluate every `eval.every` -> checkpoint
+
+A checkpoint holds the policy (`policy/`, HF format), and in `state.pt` the policy optimizer, the learner's state
+(ArCHer: critic, target critic, critic optimizer, replay buffer, its sampling RNG), the policy version, the
+episodes consumed, the evaluation before training and the python/numpy/torch RNG (rl/jobkit.py). Metrics:
+`rollout/*` (the iteration's training episodes), `eval/success`, `eval/return`, `eval/turns` (greedy, fixed
+held-out seeds), `episodes` (env episodes consumed so far: the budget the benchmark compares at).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rl.jobkit import checkpoint, evaluate_before, make_tracker, start, summarize, write_state
+from rl.jobs import Job
+from rl.rundir import RunDir
+from trainers.agents.config import AgentConfig
+
+
+def make_learner(ctx):
+    from trainers.agents.filtered_bc import FilteredBC
+    from trainers.agents.grpo import AgentGRPO
+    from trainers.archer.train import Archer
+
+    return {"archer": Archer, "agent_grpo": AgentGRPO, "filtered_bc": FilteredBC}[ctx.cfg.algo](ctx)
+
+
+def train(cfg: AgentConfig, run: RunDir) -> dict:
+    import torch
+
+    from rl.zoo import resolve_model_path
+    from trainers.agents.context import build_context
+
+    # zoo models build (and seed torch while they do) before the job seeds its RNGs: a first run that builds them
+    # and a resumed run that finds them cached draw the same random numbers
+    policy_dir = resolve_model_path(cfg.policy.path, key="policy.path")
+    if cfg.algo == "archer":
+        resolve_model_path(cfg.archer.critic_path, key="archer.critic_path")
+    job = start(run, cfg.seed, cfg.torch_threads)
+    ctx = build_context(cfg, policy_dir)
+    learner = make_learner(ctx)
+    state = job.load_state("state.pt")
+    if state:
+        ctx.policy.load_state_dict(torch.load(job.path / "policy.pt", weights_only=True))
+        ctx.opt.load_state_dict(state["policy_opt"])
+        learner.load_state_dict(state["learner"])
+        ctx.version = state["version"] - 1
+        ctx.sync()  # the engine serves the restored policy, at the version it had
+    episodes = state.get("episodes", 0)
+    before = evaluate_before(run, state.get("eval_before"), ctx.evaluate, lambda v: {**v, "episodes": 0},
+                             cfg.log.tensorboard)
+    last_eval = state.get("last_eval", before)
+    tracker = make_tracker(run, cfg.log, cfg.iterations, job.step,
+                           show={"rollout/return": "ret", "eval/success": "succ", "episodes": "eps"}, desc=cfg.algo)
+    for it in range(job.step + 1, cfg.iterations + 1):
+        t0 = time.time()
+        trajs, metrics = ctx.collect(learner.seeds(it), it)  # --- generate (env stepped beside the engine)
+        metrics.update(learner.update(trajs, it))  # --- the learner's losses and steps (it syncs the engine)
+        episodes += len(trajs)
+        metrics.update({"episodes": episodes, "policy/version": ctx.version, "perf/iter_s": time.time() - t0})
+        if it % cfg.eval.every == 0 or it == cfg.iterations:
+            last_eval = ctx.evaluate()
+            metrics.update(last_eval)
+        tracker.log(it, metrics)
+
+        def write(d: Path) -> None:
+            ctx.policy.save_pretrained(d / "policy", safe_serialization=True)
+            ctx.tok.save_pretrained(d / "policy")
+            torch.save(ctx.policy.state_dict(), d / "policy.pt")  # exact restore (the HF copy is for `rl eval`)
+            write_state(d / "state.pt", {"policy_opt": ctx.opt.state_dict(), "learner": learner.state_dict(),
+                                         "version": ctx.version, "episodes": episodes, "eval_before": before,
+                                         "last_eval": last_eval})
+
+        checkpoint(run, it, cfg.iterations, cfg.checkpoint, write)
+    tracker.close()
+    return summarize(job, {"algo": cfg.algo, "env": cfg.env, "episodes": episodes,
+                           "eval_success_before": before["eval/success"],
+                           "eval_success_after": last_eval["eval/success"]},
+                     "eval/return", before["eval/return"], last_eval["eval/return"])
+
+
+def evaluate_checkpoint(cfg: AgentConfig, ckpt: Path | None) -> dict:
+    """`rl eval`: the held-out evaluation of a checkpoint's policy (or, with None, of `policy.path`)."""
+    from trainers.agents.context import build_context
+
+    ctx = build_context(cfg, Path(ckpt) / "policy" if ckpt is not None else None)
+    return {"policy": str(ctx.model_dir), "env": cfg.env, "split": cfg.eval.split, **ctx.evaluate()}
+
+
+def _evaluate(cfg, ckpt):
+    return evaluate_checkpoint(cfg, ckpt)
+
+
+ARCHER_JOB = Job("archer", AgentConfig, train, "ArCHer: utterance-level twin-Q/V critic + token-level policy "
+                 "gradient on a multi-turn text env", evaluate=_evaluate)
+GRPO_JOB = Job("agent_grpo", AgentConfig, train, "multi-turn GRPO on a text env (G episodes per env seed)",
+               evaluate=_evaluate)
+BC_JOB = Job("filtered_bc", AgentConfig, train, "filtered behaviour cloning on a text env (top fraction of "
+             "episodes)", evaluate=_evaluate)
