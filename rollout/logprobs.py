@@ -76,8 +76,17 @@ class CausalEstimator:
         return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)  # [B, L]
 
 
-ESTIMATORS: Registry = Registry("log-prob estimator")
+ESTIMATORS: Registry = Registry("log-prob estimator", providers=("rollout.diffusion_logprobs",))
 ESTIMATORS.register("causal")(CausalEstimator())
+
+
+def batch_logprobs(est, model, batch, device, temperature: float, iteration: int = 0) -> torch.Tensor:
+    """[b, L] the estimator's log-probs of a `RolloutBatch`: its `batch_logprobs` if it has one (masked-diffusion
+    estimators read the batch's trajectory and the inner iteration), else `logprobs` on the padded ids."""
+    if hasattr(est, "batch_logprobs"):
+        return est.batch_logprobs(model, batch, device, temperature, iteration)
+    return est.logprobs(model, batch.input_ids.to(device), batch.attention_mask.to(device), batch.prompt_len,
+                        temperature)
 
 
 def policy_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,

@@ -48,6 +48,8 @@ class Sample:
     """Policy version that produced each completion token (weights may change mid-generation in async mode)."""
     finish_reason: str = "length"
     """'stop' (EOS produced) or 'length' (hit max_new_tokens)."""
+    reveal_steps: list[int] | None = None
+    """Masked-diffusion engines: the denoising step that revealed each completion position (None: left to right)."""
 
 
 @dataclass
@@ -70,12 +72,14 @@ class Step:
     """Whether the episode ended after this step."""
     info: dict = field(default_factory=dict)
     """The environment's info for this step (JSON-like values)."""
+    reveal_steps: list[int] | None = None
+    """Masked-diffusion engines: the denoising step that revealed each token (`Sample.reveal_steps`)."""
 
     @classmethod
     def from_sample(cls, s: Sample, **slots) -> "Step":
         """The step an engine's `Sample` is; `slots` fill reward / done / info."""
         return cls(context_ids=list(s.prompt_ids), token_ids=list(s.completion_ids), logprobs=list(s.logprobs),
-                   versions=list(s.versions), finish_reason=s.finish_reason, **slots)
+                   versions=list(s.versions), finish_reason=s.finish_reason, reveal_steps=s.reveal_steps, **slots)
 
 
 @dataclass
@@ -91,7 +95,7 @@ class Trajectory:
                              f"{len(self.steps)} steps")
         (s,) = self.steps
         return Sample(prompt_ids=s.context_ids, completion_ids=s.token_ids, logprobs=s.logprobs, versions=s.versions,
-                      finish_reason=s.finish_reason)
+                      finish_reason=s.finish_reason, reveal_steps=s.reveal_steps)
 
     @property
     def versions(self) -> list[int]:
@@ -175,6 +179,7 @@ class RolloutBatch:
     rewards: torch.Tensor  # [B]
     group_ids: torch.Tensor  # [B] which prompt each sample came from
     prompt_len: int  # P: completion token j sits at input position P + j
+    reveal_steps: torch.Tensor | None = None  # [B, L] denoising step per completion token (-1: padding); diffusion only
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -190,4 +195,5 @@ class RolloutBatch:
             rewards=self.rewards[idx],
             group_ids=self.group_ids[idx],
             prompt_len=self.prompt_len,
+            reveal_steps=None if self.reveal_steps is None else self.reveal_steps[idx],
         )

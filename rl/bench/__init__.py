@@ -14,4 +14,5 @@ BENCHES: dict[str, str] = {
     "checkpointing": "rl.bench.checkpointing",
     "agents": "rl.bench.agents",
     "btm": "rl.bench.btm",
+    "diffusion": "rl.bench.diffusion",
 }

@@ -26,7 +26,7 @@ def test_shipped_recipes_resolve_by_name_from_any_directory(tmp_path, monkeypatc
     (tmp_path / "grpo_tiny.yaml").write_text("algo: grpo\nmax_steps: 7\n")  # a file of the user's wins
     assert load_config("grpo_tiny.yaml").max_steps == 7
     with pytest.raises(ConfigError, match=r"config file not found: grpo_tinny\.yaml \(did you mean 'grpo_tiny\.yaml'\?\); "
-                                          r"shipped recipes .*dapo_tiny, dr_grpo_tiny, .*grpo_tiny, "):
+                                          r"shipped recipes .*dapo_tiny, diffu_grpo_tiny, dr_grpo_tiny, .*grpo_tiny, "):
         load_config("grpo_tinny.yaml")
     with pytest.raises(ConfigError, match="config file not found: elsewhere/grpo_tiny.yaml"):
         load_config("elsewhere/grpo_tiny.yaml")  # an explicit other directory is not silently replaced
@@ -62,7 +62,7 @@ def test_bounds_are_enforced():
 
 
 def test_literal_choices():
-    with pytest.raises(ConfigError, match=r"rollout\.engine: .*'hf', 'vllm' or 'btm_ensemble'"):
+    with pytest.raises(ConfigError, match=r"rollout\.engine: .*'hf', 'vllm', 'btm_ensemble' or 'diffusion'"):
         load_config(None, ["rollout.engine=vlm"])
 
 

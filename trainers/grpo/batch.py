@@ -57,6 +57,11 @@ def collate(samples: list[Sample], advantages: torch.Tensor, rewards: torch.Tens
             response_mask[i, :c] = 1.0
             behav[i, :c] = torch.tensor(s.logprobs, dtype=torch.float32)
             versions[i, :c] = torch.tensor(s.versions)
+    reveal = None
+    if any(s.reveal_steps is not None for s in samples):  # a masked-diffusion engine's trajectories
+        reveal = torch.full((B, L), -1, dtype=torch.long)  # [B, L]
+        for i, s in enumerate(samples):
+            reveal[i, :len(s.reveal_steps)] = torch.tensor(s.reveal_steps, dtype=torch.long)
     return RolloutBatch(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
                         behav_logprobs=behav, versions=versions, advantages=advantages.float(),
-                        rewards=rewards.float(), group_ids=group_ids.long(), prompt_len=P)
+                        rewards=rewards.float(), group_ids=group_ids.long(), prompt_len=P, reveal_steps=reveal)

@@ -11,6 +11,7 @@ from rewards import RewardSpec
 from rl.cluster import ClusterConfig
 from rl.config import JobConfig, Section
 from rl.registry import Registry, did_you_mean
+from rollout.diffusion_engine import DecodingOptions
 from rollout.ensemble_engine import EnsembleOptions
 from rollout.hf_engine import HFOptions
 from rollout.logprobs import ESTIMATORS
@@ -94,7 +95,7 @@ class DataConfig(Section):
 
 
 class RolloutConfig(Section):
-    engine: Literal["hf", "vllm", "btm_ensemble"] = "hf"
+    engine: Literal["hf", "vllm", "btm_ensemble", "diffusion"] = "hf"
     """Generation engine (`rollout.engine.ENGINES`). `hf` (transformers) is faster on the tiny CPU models (see `rl bench rollout`); use `vllm` for real models."""
     runner: str | None = None
     """How a rollout worker turns a task into trajectories (`rollout.runners.RUNNERS`): single_turn, chunked.
@@ -128,6 +129,8 @@ class RolloutConfig(Section):
     """`vllm` engine options."""
     btm_ensemble: EnsembleOptions = EnsembleOptions()
     """`btm_ensemble` engine options (BTM's expert ensemble; model.path is an ensemble directory)."""
+    decoding: DecodingOptions = DecodingOptions()
+    """`diffusion` engine options (masked-diffusion LMs: schedule, steps, blocks, remasking, EOSER, accelerators)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -171,7 +174,7 @@ class RolloutConfig(Section):
     @property
     def engine_options(self) -> Section:
         """The options section of the selected engine (`rollout.<engine>`)."""
-        return getattr(self, self.engine)
+        return getattr(self, "decoding" if self.engine == "diffusion" else self.engine)
 
 
 class TrainerConfig(Section):
@@ -318,7 +321,8 @@ class GRPOConfig(JobConfig):
         - `behav`: otherwise, the engine's behaviour log-probs (on-policy: the same policy)."""
         if self.trainer.ppo_epochs > 1:
             return "recompute"
-        if self.trainer.recompute_old_logprobs or self.max_staleness > 0:
+        if self.trainer.recompute_old_logprobs or self.max_staleness > 0 or not getattr(
+                ESTIMATORS.get(self.model.estimator), "behav_comparable", True):
             return "current"
         return "behav"
 

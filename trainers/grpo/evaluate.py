@@ -20,7 +20,8 @@ def evaluate_model(cfg: GRPOConfig) -> dict:
     tok = load_tokenizer(model_dir)  # the trainer's: left padding, eos as pad if the tokenizer has none
     d, r = cfg.data, cfg.rollout
     rows = load_prompts(d.name, "test", d.eval_size, 0, d.prompt_key, d.answer_key, d.test_split)  # as training evals
-    engine = make_engine(r.engine, str(model_dir), dtype=cfg.model.dtype, seed=cfg.seed, options=r.engine_options)
+    engine = make_engine(r.engine, str(model_dir), dtype=cfg.model.dtype, seed=cfg.seed, options=r.engine_options,
+                         estimator=cfg.model.estimator)
     t0 = time.time()
     try:
         out = evaluate(engine, Prompter.for_data(tok, d, str(model_dir)), rows, eval_reward_set(cfg), cfg.eval.max_new_tokens)

@@ -155,7 +155,7 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, job: Start, inputs: In
         hub = sync_hub(c, trainer.device, "object_store" if r.lora_sync == "adapter" else None)  # adapters: object store
         pool = start_workers(c, r, model_dir=model_dir, dtype=cfg.model.dtype, seed=cfg.seed,
                              weights_thread=hub is not None, lora=r.lora_sync == "adapter",
-                             overlap=cfg.max_staleness > 0)
+                             overlap=cfg.max_staleness > 0, estimator=cfg.model.estimator)
         ctrl = RolloutController(
             pool, prompt_ids=inputs.train_ids, sampler=sampler,
             score_fn=score_fn, group_size=G, groups_per_step=r.prompts_per_step, max_staleness=cfg.max_staleness,

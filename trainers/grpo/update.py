@@ -15,6 +15,7 @@ from typing import Iterator
 
 import torch
 
+from rollout.logprobs import batch_logprobs
 from rollout.types import RolloutBatch, Sample
 from trainers.grpo.batch import collate
 from trainers.grpo.config import GRPOConfig
@@ -81,19 +82,20 @@ def trim(mb: RolloutBatch) -> tuple[RolloutBatch, slice]:
         return mb, slice(None)
     return replace(mb, input_ids=mb.input_ids[:, first:P + L], attention_mask=mb.attention_mask[:, first:P + L],
                    response_mask=mb.response_mask[:, :L], behav_logprobs=mb.behav_logprobs[:, :L],
-                   versions=mb.versions[:, :L], prompt_len=P - first), slice(0, L)
+                   versions=mb.versions[:, :L], prompt_len=P - first,
+                   reveal_steps=None if mb.reveal_steps is None else mb.reveal_steps[:, :L]), slice(0, L)
 
 
-def ref_logprobs(policy: Policy, batch: RolloutBatch, temperature: float) -> torch.Tensor | None:
+def ref_logprobs(policy: Policy, batch: RolloutBatch, temperature: float, iteration: int = 0) -> torch.Tensor | None:
     """[b, L] log-probs of the frozen reference (the base model with adapters off, under LoRA), or None if the
     policy has none."""
-    est = policy.estimator
+    est, dev = policy.estimator, policy.device
     if policy.ref is not None:
         with torch.no_grad():
-            return est.logprobs(policy.ref, batch.input_ids, batch.attention_mask, batch.prompt_len, temperature)
+            return batch_logprobs(est, policy.ref, batch, dev, temperature, iteration)
     if policy.lora:  # the reference is the base model: the same weights with adapters switched off
         with torch.no_grad(), policy.model.disable_adapter():
-            return est.logprobs(policy.model, batch.input_ids, batch.attention_mask, batch.prompt_len, temperature)
+            return batch_logprobs(est, policy.model, batch, dev, temperature, iteration)
     return None
 
 
@@ -106,33 +108,33 @@ def update(policy: Policy, sh: Shard, cfg: GRPOConfig) -> dict:
     batch, dev, est = sh.batch, policy.device, policy.estimator
     params = [p for p in policy.model.parameters() if p.requires_grad]
     source = cfg.old_logprobs
+    iters = t.ppo_epochs if getattr(est, "mask_per_iteration", False) else 1  # d1: a fresh mask per inner iteration
     with torch.no_grad():
-        old = batch.behav_logprobs  # [b, L]
+        old = [batch.behav_logprobs] * iters  # [b, L] per iteration's mask
         if source == "recompute":
             policy.model.eval()
-            old = torch.cat([est.logprobs(policy.model, mb.input_ids.to(dev), mb.attention_mask.to(dev),
-                                          mb.prompt_len, T).float().cpu()
-                             for mb in micro_batches(batch, t.micro_batch_size)])  # [b, L]
+            old = [torch.cat([batch_logprobs(est, policy.model, mb, dev, T, it).float().cpu()
+                              for mb in micro_batches(batch, t.micro_batch_size)]) for it in range(iters)]  # [b, L]
             policy.model.train()
         ref = None
         if t.kl_coef > 0:
-            ref = torch.cat([ref_logprobs(policy, mb, T).float().cpu()
-                             for mb in micro_batches(batch, t.micro_batch_size)])  # [b, L]
+            ref = [torch.cat([ref_logprobs(policy, mb, T, it).float().cpu()
+                              for mb in micro_batches(batch, t.micro_batch_size)]) for it in range(iters)]  # [b, L]
     starts = list(range(0, len(batch), t.micro_batch_size))
     metrics: dict[str, float] = {}
-    for _ in range(t.ppo_epochs):
+    for epoch in range(t.ppo_epochs):
+        it = epoch % iters
         policy.optimizer.zero_grad(set_to_none=True)
         for j, start in enumerate(starts):
             idx = slice(start, min(len(batch), start + t.micro_batch_size))
             mb, cols = trim(batch.select(idx))
             real_rows = max(0, min(sh.n_real, idx.stop) - start)
             with policy.strategy.grad_sync(policy.fwd, last=j == len(starts) - 1):
-                lp = est.logprobs(policy.fwd, mb.input_ids.to(dev), mb.attention_mask.to(dev), mb.prompt_len,
-                                  T)  # [mb, L]
-                old_mb = lp.detach().float() if source == "current" else old[idx][:, cols].to(dev)  # [mb, L]
+                lp = batch_logprobs(est, policy.fwd, mb, dev, T, it)  # [mb, L]
+                old_mb = lp.detach().float() if source == "current" else old[it][idx][:, cols].to(dev)  # [mb, L]
                 inputs = LossInputs(logprobs=lp.float(), old_logprobs=old_mb, behav_logprobs=mb.behav_logprobs.to(dev),
                                     advantages=mb.advantages.to(dev), response_mask=mb.response_mask.to(dev),
-                                    ref_logprobs=None if ref is None else ref[idx][:, cols].to(dev))
+                                    ref_logprobs=None if ref is None else ref[it][idx][:, cols].to(dev))
                 loss, m = policy_loss(inputs, t, max_len=cfg.rollout.max_new_tokens)
                 share, m_share = micro_batch_share(t.loss_agg, mb.response_mask, real_rows, sh.total_tokens,
                                                    sh.batch_size)
