@@ -34,12 +34,18 @@ def make_learner(ctx):
 def train(cfg: AgentConfig, run: RunDir) -> dict:
     """Start (or join) Ray if the cluster uses it, run the loop, and shut Ray down again if this call started it."""
     from rl.cluster import check_resources, init_ray
+    from rl.zoo import resolve_model_path
 
+    # zoo models build (and seed torch while they do) before the job seeds its RNGs: a first run that builds them
+    # and a resumed run that finds them cached draw the same random numbers
+    policy_dir = resolve_model_path(cfg.policy.path, key="policy.path")
+    if cfg.algo == "archer":
+        resolve_model_path(cfg.archer.critic_path, key="archer.critic_path")
     ray_started = init_ray(cfg.cluster) if cfg.cluster.backend == "ray" else False
     try:
         if cfg.cluster.backend == "ray":
             check_resources(cfg.cluster)
-        return _train(cfg, run)
+        return _train(cfg, run, policy_dir)
     finally:
         if ray_started:
             import ray
@@ -47,18 +53,12 @@ def train(cfg: AgentConfig, run: RunDir) -> dict:
             ray.shutdown()
 
 
-def _train(cfg: AgentConfig, run: RunDir) -> dict:
+def _train(cfg: AgentConfig, run: RunDir, policy_dir: Path) -> dict:
     import torch
 
-    from rl.zoo import resolve_model_path
     from trainers.agents.context import build_context
     from trainers.agents.rollouts import AgentRollouts
 
-    # zoo models build (and seed torch while they do) before the job seeds its RNGs: a first run that builds them
-    # and a resumed run that finds them cached draw the same random numbers
-    policy_dir = resolve_model_path(cfg.policy.path, key="policy.path")
-    if cfg.algo == "archer":
-        resolve_model_path(cfg.archer.critic_path, key="archer.critic_path")
     job = start(run, cfg.seed, cfg.torch_threads)
     ctx = build_context(cfg, policy_dir)
     learner = make_learner(ctx)
