@@ -12,7 +12,7 @@ import numpy as np
 from rl.errors import ConfigError
 from rl.registry import Registry, did_you_mean
 
-DATASETS: Registry = Registry("dataset", providers=("envs.expressions", "envs.chat_data"))
+DATASETS: Registry = Registry("dataset", providers=("envs.expressions", "envs.chat_data", "envs.arith_domains"))
 """Prompt datasets by name; `providers` are modules that register more when first looked up (make_number: the
 sandboxed-reward recipe's task, envs/expressions.py; arithmetic_chat: envs/chat_data.py)."""
 

@@ -200,6 +200,14 @@ def cmd_models(a: argparse.Namespace) -> None:
         print(json.dumps(zoo.describe(path), indent=2, default=str))
 
 
+def cmd_merge(a: argparse.Namespace) -> None:
+    from rl.merge import MergeSpec, merge
+
+    spec = MergeSpec(method=a.method, experts=tuple(a.experts), base=a.base, density=a.density, lam=a.lam,
+                     seed=a.seed, weights=tuple(a.weights) if a.weights else None)
+    print(json.dumps(merge(spec, a.out), indent=2))
+
+
 def cmd_plot(a: argparse.Namespace) -> None:
     from rl.plot import plot_run
 
@@ -246,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--force", action="store_true", help="build again even if cached (the new model replaces the cached one "
                                                         "only if it passes its check)")
 
+    mg = sub.add_parser("merge", help="merge fine-tuned HF model directories or LoRA adapters into one model (rl/merge.py)")
+    mg.add_argument("experts", nargs="+", metavar="EXPERT_DIR")
+    mg.add_argument("--method", required=True, help="linear, weighted, task_arithmetic, ties, dare, dare_ties")
+    mg.add_argument("--base", help="the model the experts were fine-tuned from (task-vector methods, LoRA experts)")
+    mg.add_argument("--out", required=True, help="the merged model's directory (must not exist or be empty)")
+    mg.add_argument("--weights", type=float, nargs="+", help="one weight per expert")
+    mg.add_argument("--density", type=float, default=0.5, help="ties/dare: fraction of each task vector kept")
+    mg.add_argument("--lambda", dest="lam", type=float, default=1.0, help="task-vector methods: scale of the merged task vector")
+    mg.add_argument("--seed", type=int, default=0, help="dare: seed of the random drop masks")
+
     pl = sub.add_parser("plot", help="PNG learning curves of a run into RUN_DIR/plots")
     pl.add_argument("run_dir")
 
@@ -275,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_eval(a)
         elif a.cmd == "models":
             cmd_models(a)
+        elif a.cmd == "merge":
+            cmd_merge(a)
         elif a.cmd == "plot":
             cmd_plot(a)
         elif a.cmd == "bench":

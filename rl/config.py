@@ -83,6 +83,7 @@ JOBS: dict[str, str] = {
     "archer": "trainers.agents.job:ARCHER_JOB",
     "agent_grpo": "trainers.agents.job:GRPO_JOB",
     "filtered_bc": "trainers.agents.job:BC_JOB",
+    "btm": "trainers.btm.job:JOB",
 }
 
 

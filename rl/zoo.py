@@ -98,7 +98,8 @@ class ZooBuildError(OrchardError):
     """A zoo model built, but its measured quality is outside the band its recipe promises (nothing was cached)."""
 
 
-MODEL_PROVIDERS = ("trainers.sft.tiny_arith", "trainers.sft.tiny_expr", "rl.zoo_chat", "trainers.sft.tiny_agent")
+MODEL_PROVIDERS = ("trainers.sft.tiny_arith", "trainers.sft.tiny_expr", "rl.zoo_chat", "trainers.sft.tiny_agent",
+                   "trainers.sft.tiny_mix")
 """Modules above rl core that register zoo models when imported (tiny-arith: trainers/sft/tiny_arith.py). The
 registry imports them the first time it is read, so `rl models`, `rl train` (model.path: tiny-arith) and
 `resolve_model_path` see their models while this module imports neither trainers/ nor envs/."""

@@ -19,6 +19,7 @@ import torch
 
 from rl.config import Section
 from rl.registry import Registry
+from rollout.ensemble_engine import EnsembleEngine
 from rollout.hf_engine import HFEngine
 from rollout.types import Sample, SamplingParams
 from rollout.vllm_engine import VLLMEngine
@@ -54,6 +55,7 @@ class RolloutEngine(Protocol):
 ENGINES: Registry[type] = Registry("rollout engine")
 ENGINES.register("hf")(HFEngine)
 ENGINES.register("vllm")(VLLMEngine)
+ENGINES.register("btm_ensemble")(EnsembleEngine)  # BTM's posterior-weighted expert mixture (rollout/ensemble_engine.py)
 
 
 def engine_options(kind: str, options: Section | Mapping[str, Any] | None = None) -> Section:

@@ -13,4 +13,5 @@ BENCHES: dict[str, str] = {
     "sandbox": "rl.bench.sandbox",
     "checkpointing": "rl.bench.checkpointing",
     "agents": "rl.bench.agents",
+    "btm": "rl.bench.btm",
 }

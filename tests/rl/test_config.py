@@ -62,7 +62,7 @@ def test_bounds_are_enforced():
 
 
 def test_literal_choices():
-    with pytest.raises(ConfigError, match=r"rollout\.engine: .*'hf' or 'vllm'"):
+    with pytest.raises(ConfigError, match=r"rollout\.engine: .*'hf', 'vllm' or 'btm_ensemble'"):
         load_config(None, ["rollout.engine=vlm"])
 
 

@@ -142,7 +142,7 @@ def test_make_engine_options(model_dir):
     from rollout.logprobs import ESTIMATORS
     from rollout.vllm_engine import VLLMOptions
 
-    assert ENGINES.names() == ["hf", "vllm"]
+    assert ENGINES.names() == ["btm_ensemble", "hf", "vllm"]
     with pytest.raises(KeyError, match="unknown rollout engine 'sglang'"):
         make_engine("sglang", str(model_dir))
     with pytest.raises(ValidationError, match="max_model_len"):  # a vLLM option is not an HF option

@@ -11,6 +11,7 @@ from rewards import RewardSpec
 from rl.cluster import ClusterConfig
 from rl.config import JobConfig, Section
 from rl.registry import Registry, did_you_mean
+from rollout.ensemble_engine import EnsembleOptions
 from rollout.hf_engine import HFOptions
 from rollout.logprobs import ESTIMATORS
 from rollout.runners import RUNNERS
@@ -93,7 +94,7 @@ class DataConfig(Section):
 
 
 class RolloutConfig(Section):
-    engine: Literal["hf", "vllm"] = "hf"
+    engine: Literal["hf", "vllm", "btm_ensemble"] = "hf"
     """Generation engine (`rollout.engine.ENGINES`). `hf` (transformers) is faster on the tiny CPU models (see `rl bench rollout`); use `vllm` for real models."""
     runner: str | None = None
     """How a rollout worker turns a task into trajectories (`rollout.runners.RUNNERS`): single_turn, chunked.
@@ -125,6 +126,8 @@ class RolloutConfig(Section):
     """`hf` engine options."""
     vllm: VLLMOptions = VLLMOptions()
     """`vllm` engine options."""
+    btm_ensemble: EnsembleOptions = EnsembleOptions()
+    """`btm_ensemble` engine options (BTM's expert ensemble; model.path is an ensemble directory)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -10,8 +10,9 @@ from typing import Callable
 from rl.zoo import ARCHS, ZooBuildError, build_tokenizer, init_random_model
 
 
-def build_sft_model(out_dir: Path, seed: int, rows: list[dict], sft_cfg: dict) -> dict:
-    """`random-3m` trained by `trainers.sft.train.sft` on `rows` with the recipe's settings, saved to `out_dir`.
+def build_sft_model(out_dir: Path, seed: int, rows: list[dict], sft_cfg: dict, init: Path | None = None) -> dict:
+    """`random-3m` (or, given `init`, the HF model there) trained by `trainers.sft.train.sft` on `rows` with the
+    recipe's settings, saved to `out_dir`.
 
     One torch thread: the same float rounding on every machine whatever its core count (a 2.6M model gains little
     from more threads), and no OpenMP oversubscription slowdown when something else is running."""
@@ -22,8 +23,14 @@ def build_sft_model(out_dir: Path, seed: int, rows: list[dict], sft_cfg: dict) -
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     t0 = time.time()
-    tok = build_tokenizer()
-    model = init_random_model(ARCHS["3m"], tok, seed)
+    if init is None:
+        tok = build_tokenizer()
+        model = init_random_model(ARCHS["3m"], tok, seed)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(init)
+        model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
     s = sft_cfg
     try:
         losses = sft(model, tok, rows, s["max_steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed,

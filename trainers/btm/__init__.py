@@ -1,0 +1,1 @@
+"""Branch-train-merge: domain experts trained in parallel (GRPO runs as Ray tasks), merged and ensembled."""
