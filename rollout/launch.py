@@ -23,12 +23,12 @@ log = logging.getLogger("orchard")
 
 def start_workers(cluster: ClusterConfig, rollout, *, model_dir: Path, dtype: str, seed: int,
                   weights_thread: bool = False, lora: bool = False, overlap: bool = False,
-                  estimator: str = "causal") -> WorkerPool:
+                  estimator: str = "causal", runner=None) -> WorkerPool:
     """Rollout workers per `cluster` (Ray, if used, is already up), each with `rollout.engine` over `model_dir` (its
     options `rollout.engine_options`) and the runner `rollout.runner`. With `cluster.pin_cpus` and one trainer
     rank, this process (the trainer) is pinned to core 0 and the workers to the cores after the trainer ranks.
     overlap: the workers generate while the trainer trains (max_staleness > 0); it decides how the machine's cores
-    are split between them (`rl.cluster.thread_plan`)."""
+    are split between them (`rl.cluster.thread_plan`). runner: a built runner instead of `rollout.runner`'s."""
     c = cluster
     if c.pin_cpus and c.trainer_ranks == 1:
         pin_to_core(0, 1)
@@ -37,7 +37,7 @@ def start_workers(cluster: ClusterConfig, rollout, *, model_dir: Path, dtype: st
         torch.set_num_threads(trainer_threads)
     engine = EngineSpec(kind=rollout.engine, model_path=str(model_dir), dtype=dtype, seed=seed,
                         options=rollout.engine_options, lora=lora or None, estimator=estimator)  # lora: engines that load adapters
-    runner = RUNNERS.get(rollout.runner).from_config(rollout)
+    runner = runner or RUNNERS.get(rollout.runner).from_config(rollout)
     # vLLM reads its settings from the environment: Ray actors get this process's VLLM_* variables
     env = {k: v for k, v in os.environ.items() if k.startswith("VLLM_")} if rollout.engine == "vllm" else {}
     return WorkerPool(c.backend, c.rollout_workers, engine, runner, cpus_per_worker=c.cpus_per_worker,

@@ -63,6 +63,15 @@ class MultiTurnRunner:
             raise ValueError(f"multi_turn runner: chat_template=True but {self.tokenizer_path} has no chat template")
         self.use_chat = has if self.chat_template is None else self.chat_template
 
+    def __getstate__(self) -> dict:
+        """Travels to a Ray worker as its settings: the worker rebuilds the env factory and the tokenizer (a user
+        env loaded from a file has a module name that only this process can import)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("factory", "tok", "use_chat")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
+
     # --- observation -> token ids ----------------------------------------------------------------------------------
     def first_ids(self, observation: str) -> list[int]:
         if self.use_chat:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from rl.cluster import ClusterConfig
 from rl.config import JobConfig, Section
 
 
@@ -34,6 +35,11 @@ class AgentRollout(Section):
     on_error: Literal["raise", "drop"] = "raise"
     """A broken env episode (raises, wrong type, never ends): stop the job naming env, seed and turn (raise), or drop
     the episode and count it (`rollout/dropped`)."""
+    sync_check_every: int = Field(1, ge=0)
+    """Verify the weight sync every N iterations: each rollout worker's log-probs of a fixed probe batch (the job's
+    first turns) must match the trainer's within `sync_check_tol` (0: never)."""
+    sync_check_tol: float = Field(1e-4, gt=0)
+    """Largest allowed |worker - trainer| log-prob difference on the probe batch."""
 
 
 class EvalConfig(Section):
@@ -99,6 +105,11 @@ class AgentConfig(JobConfig):
     """Training iterations (collect -> update -> sync -> log)."""
     torch_threads: int = Field(1, ge=0)
     """torch intra-op threads (0: torch's default)."""
+    max_staleness: int = Field(0, ge=0)
+    """How many policy versions the training episodes may lag the trainer (`rollout/controller.py`): 0 is the
+    synchronous loop; k > 0 lets the rollout workers play iteration it+1..it+k's episodes while iteration it trains."""
+    cluster: ClusterConfig = ClusterConfig()
+    """Rollout workers (Ray actors, or one in this process with backend=local) and the weight-sync transport."""
     policy: PolicyConfig = PolicyConfig()
     """The agent policy."""
     rollout: AgentRollout = AgentRollout()

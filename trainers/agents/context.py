@@ -1,9 +1,9 @@
-"""What every agent trainer works with: the policy (trainer copy + optimizer), the rollout engine serving it, the
-multi-turn runners of the training and evaluation envs, and the three operations on them (collect episodes,
-sync weights, evaluate on the fixed held-out episodes)."""
+"""What every agent trainer works with: the policy (trainer copy + optimizer), an in-process engine serving it
+(evaluation, ArCHer's fresh utterances), the multi-turn runners of the training and evaluation envs (the training
+one runs on the rollout workers: `trainers/agents/rollouts.py`), and the operations on them (sync weights,
+evaluate on the fixed held-out episodes)."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +13,9 @@ import torch
 from rl.zoo import resolve_model_path
 from rollout.hf_engine import HFEngine
 from rollout.logprobs import left_pad, policy_logprobs
-from rollout.runners.chunked import chunk_seed
 from rollout.runners.multi_turn import MultiTurnRunner
-from rollout.types import SamplingParams, Trajectory
+from rollout.types import SamplingParams
 from trainers.agents.config import AgentConfig
-from trainers.agents.episodes import episode_return, episode_success
 from trainers.agents.evaluate import evaluate_agent
 
 EVAL_SEED0 = 10**6
@@ -42,21 +40,6 @@ class AgentContext:
     def sampling(self, seed: int | None) -> SamplingParams:
         r = self.cfg.rollout
         return SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, seed=seed)
-
-    def collect(self, seeds: list[int], it: int) -> tuple[list[Trajectory], dict]:
-        """Episodes of the current policy, one per seed, and their rollout metrics."""
-        t0 = time.time()
-        trajs = self.runner.run_episodes(self.engine, seeds, self.sampling(chunk_seed(self.cfg.seed + 1, it)))
-        dt = time.time() - t0
-        steps = sum(len(t.steps) for t in trajs)
-        tokens = sum(len(s.token_ids) for t in trajs for s in t.steps)
-        n = len(trajs)
-        return trajs, {"rollout/return": sum(map(episode_return, trajs)) / n,
-                       "rollout/success": sum(map(episode_success, trajs)) / n, "rollout/turns": steps / n,
-                       "rollout/dropped": sum(t.steps[-1].info.get("end") == "dropped" if t.steps else 1 for t in trajs),
-                       "rollout/overflow": sum(bool(t.steps) and t.steps[-1].info.get("end") == "context_overflow"
-                                               for t in trajs),
-                       "perf/env_steps_per_s": steps / dt, "perf/tokens_per_s": tokens / dt, "perf/rollout_s": dt}
 
     def sync(self) -> None:
         """The engine serves the trainer's current weights, as the next policy version."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from trainers.agents.context import AgentContext, iteration_seeds
+from trainers.agents.context import AgentContext
 from trainers.agents.episodes import collate_episodes, episode_return, token_logprobs, usable
 from trainers.agents.loss import bc_loss, top_fraction
 
@@ -12,9 +12,6 @@ from trainers.agents.loss import bc_loss, top_fraction
 class FilteredBC:
     def __init__(self, ctx: AgentContext):
         self.ctx = ctx
-
-    def seeds(self, it: int) -> list[int]:
-        return iteration_seeds(self.ctx.cfg, it, self.ctx.cfg.rollout.episodes_per_iter)
 
     def update(self, trajs, it: int) -> dict:
         ctx, c = self.ctx, self.ctx.cfg.bc

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from trainers.advantages import grpo_advantage
-from trainers.agents.context import AgentContext, iteration_seeds
+from trainers.agents.context import AgentContext
 from trainers.agents.episodes import collate_episodes, episode_return, is_usable, token_logprobs
 from trainers.agents.loss import grpo_episode_loss
 
@@ -14,10 +14,6 @@ from trainers.agents.loss import grpo_episode_loss
 class AgentGRPO:
     def __init__(self, ctx: AgentContext):
         self.ctx = ctx
-
-    def seeds(self, it: int) -> list[int]:
-        g = self.ctx.cfg.grpo
-        return [s for s in iteration_seeds(self.ctx.cfg, it, g.seeds_per_iter) for _ in range(g.group_size)]
 
     def update(self, trajs, it: int) -> dict:
         ctx, g = self.ctx, self.ctx.cfg.grpo

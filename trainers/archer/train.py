@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from rl.zoo import resolve_model_path
-from trainers.agents.context import AgentContext, iteration_seeds
+from trainers.agents.context import AgentContext
 from trainers.archer.buffer import ReplayBuffer, transitions
 from trainers.archer.critic import DoubleCritic
 from trainers.archer.loss import actor_loss, critic_loss, q_targets, soft_update, utterance_advantage
@@ -29,9 +29,6 @@ class Archer:
         self.buffer = ReplayBuffer(a.buffer_capacity)
         self.rng = np.random.default_rng([ctx.cfg.seed, 99])
         self.intro = {}  # the critic's text of an episode's first observation, by its context ids
-
-    def seeds(self, it: int) -> list[int]:
-        return iteration_seeds(self.ctx.cfg, it, self.ctx.cfg.rollout.episodes_per_iter)
 
     def _intro(self, traj) -> str:
         return self.ctx.tok.decode(traj.steps[0].context_ids, skip_special_tokens=True)

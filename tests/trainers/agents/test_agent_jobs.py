@@ -13,7 +13,8 @@ USER_ENV = Path(__file__).parents[2] / "envs" / "fixtures" / "user_text_envs.py"
 TINY = ["policy.path=random-3m", "archer.critic_path=tiny-encoder", "iterations=3", "rollout.episodes_per_iter=4",
         "rollout.max_new_tokens=4", "eval.episodes=3", "eval.every=2", "archer.critic_steps=2", "archer.actor_steps=1",
         "archer.batch_size=4", "archer.warmup_iters=1", "grpo.seeds_per_iter=2", "grpo.group_size=2", "bc.steps=1",
-        "log.progress=false", "log.tensorboard=false", "checkpoint.every=1", "checkpoint.keep=3"]
+        "log.progress=false", "log.tensorboard=false", "checkpoint.every=1", "checkpoint.keep=3",
+        "cluster.backend=local"]
 
 
 @pytest.fixture(autouse=True)
