@@ -49,9 +49,10 @@ SETTINGS: dict[str, dict[str, tuple[str, list[str], str | None]]] = {
 # what the generation-heavy setting changes in the recipe
 GENERATION = ["model.path=random-30m", "rollout.max_new_tokens=128", "rollout.prompts_per_step=8",
               "rollout.num_generations=4", "reward=[{fn: length_penalty, kwargs: {target: 64, scale: 64}}]",
-              "data.eval_size=32"]
+              "data.eval_size=32", "trainer.lr=1e-7"]  # lr: the policy (so each step's work) stays put in both
+
 COLUMNS = ["setting", "variant", "runs", "s_per_step", "vs_trl", "gen_s", "train_s", "sync_s", "bound", "bound_vs_trl",
-           "step_vs_bound", "heldout_acc_after", "reward_last5"]
+           "step_vs_bound", "heldout_acc_after", "reward_last5", "completion_len"]
 COMMON = ["eval.every=0", "checkpoint.every=0", "log.progress=false", "log.tensorboard=false"]
 
 
@@ -87,6 +88,7 @@ def _run_orchard(a) -> dict:
     rows = [json.loads(x) for x in (work / "orchard" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["step"] >= 1 and "perf/step_s" in r]
     return {"step_s": [r["perf/step_s"] for r in steps], "reward": [r["reward/mean"] for r in steps],
+            "length": [r["response/length_mean"] for r in steps],
             "parts": {k: [r[f"perf/{k}"] for r in steps] for k in ("gen_s", "train_s", "sync_s")},
             "accuracy_before": summary["eval/accuracy_before"], "accuracy_after": summary["eval/accuracy_after"]}
 
@@ -145,6 +147,7 @@ def _run_trl(a) -> dict:
                           processing_class=tok, callbacks=[Timer()])
     trainer.train()
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
     after = None
     if not a.no_eval:
         out_dir = Path(a.workdir) / "trl" / "final"
@@ -152,7 +155,7 @@ def _run_trl(a) -> dict:
         tok.save_pretrained(out_dir)
         cfg.model.path = str(out_dir)
         after = evaluate_model(cfg)["eval/accuracy"]
-    return {"step_s": stamps, "reward": rewards, "accuracy_before": None, "accuracy_after": after}
+    return {"step_s": stamps, "reward": rewards, "length": lengths, "accuracy_before": None, "accuracy_after": after}
 
 
 def _median_after_first(xs: list[float]) -> float:
@@ -181,7 +184,9 @@ def summarise(setting: str, runs: dict[str, list[dict]]) -> list[dict]:
         accs = [x["accuracy_after"] for x in runs[name] if x["accuracy_after"] is not None]
         row = {"setting": setting, "variant": name, "runs": len(runs[name]), "s_per_step": s, "vs_trl": ref / s,
                "heldout_acc_after": statistics.fmean(accs) if accs else None,
-               "reward_last5": statistics.fmean(statistics.fmean(x["reward"][-5:]) for x in runs[name] if x["reward"])}
+               "reward_last5": statistics.fmean(statistics.fmean(x["reward"][-5:]) for x in runs[name] if x["reward"]),
+               "completion_len": statistics.fmean(statistics.fmean(x["length"]) for x in runs[name] if x.get("length"))
+               if any(x.get("length") for x in runs[name]) else None}
         twin = SETTINGS[setting][name][2]
         if twin in runs and runs[twin]:
             row.update({k: med(name, k) for k in ("gen_s", "train_s", "sync_s")})
