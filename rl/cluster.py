@@ -23,9 +23,14 @@ log = logging.getLogger("orchard")
 
 
 class ClusterConfig(Section):
-    backend: Literal["ray", "local"] = "ray"
+    backend: Literal["auto", "ray", "local"] = "auto"
     """ray: rollout workers are Ray actors (a local Ray is started unless `address` is given); local: one worker in
-    the trainer's own process (no Ray; handy for debugging and fast tests). Both go through the same controller."""
+    the trainer's own process (no Ray; handy for debugging and fast tests). Both go through the same controller.
+    auto (resolved when the config loads; the run's config.yaml records the result): local where it is equivalent
+    and cheaper, i.e. a synchronous job (max_staleness 0) with one rollout worker and one trainer rank on this
+    machine (no `address`, `pin_cpus`, GPUs for workers or trainer, or broadcast sync) and an engine that runs in
+    process (not vllm, whose in-process engine changes the process's torch threading); ray otherwise. The
+    difference: a Ray worker that dies is restarted and its work replayed, while in process it stops the job."""
     address: str | None = None
     """Join an existing Ray cluster ('auto' or 'host:port') instead of starting a local one."""
     rollout_workers: int = Field(1, ge=1)
@@ -91,6 +96,16 @@ class ClusterConfig(Section):
             raise ValueError("cluster.weight_sync=broadcast needs cluster.backend=ray (the local backend's one worker "
                              "shares the trainer's process; it gets the weights directly)")
         return self
+
+
+def resolve_backend(c: ClusterConfig, *, overlap: bool, engine: str) -> None:
+    """Turn `backend: auto` into ray or local (see `ClusterConfig.backend`), in place; explicit choices stay."""
+    if c.backend != "auto":
+        return
+    in_process = (not overlap and c.rollout_workers == 1 and c.trainer_ranks == 1 and not c.address
+                  and not c.pin_cpus and c.gpus_per_worker == 0 and c.gpus_per_trainer == 0
+                  and c.weight_sync != "broadcast" and engine != "vllm")
+    c.backend = "local" if in_process else "ray"
 
 
 def ray_env() -> None:

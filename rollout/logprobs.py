@@ -1,6 +1,7 @@
 """Log-prob estimators: how a policy model of one kind is loaded and how it scores the tokens of a batch.
 
-One estimator per model kind, registered by name in `ESTIMATORS` (`causal` today: left-to-right causal LMs). The
+One estimator per model kind, registered by name in `ESTIMATORS` (`causal`: left-to-right causal LMs, sharing
+the forward pass of a prompt among the rows that repeat it; `causal_full`: the same, one full pass per row). The
 trainer's update, its reference model, the weight-sync probe and the HF engine's `score` all go through the
 estimator the config names, so they agree by construction, and a new model kind (e.g. a masked-diffusion LM, whose
 log-probs are estimated over random maskings) is one new estimator in a new file, not an edit of the update code.
@@ -54,10 +55,20 @@ def left_pad(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_i
 @dataclass(frozen=True)
 class CausalEstimator:
     """Left-to-right causal LMs (`AutoModelForCausalLM`): the exact log-prob of each completion token given the
-    prompt and the completion tokens before it, in one forward pass."""
+    prompt and the completion tokens before it.
+
+    `share_prompts` (the registered `causal`): rows that repeat a prompt, as GRPO's G samples per prompt do, run
+    that prompt through the model once. The prompt pass returns its keys/values (with gradients), they are indexed
+    out to every row of the group, and the completions run over them; the backward pass sums each group's
+    gradients into its one prompt pass. The log-probs and gradients are those of one full forward per row (up to
+    float rounding; `tests/rollout/test_shared_prompts.py`) at a fraction of the cost when prompts are a large part
+    of the sequence. Falls back to the full forward when no prompt repeats, under gradient checkpointing (which
+    turns the cache off), inside DDP/FSDP wrappers (whose hooks expect one forward per backward), and for models
+    whose cache cannot be re-indexed. `causal_full`: always the full forward."""
 
     model_class: str = "AutoModelForCausalLM"
     peft_task_type: str = "CAUSAL_LM"
+    share_prompts: bool = True
 
     def load_model(self, path, dtype: str = "float32", **kwargs) -> torch.nn.Module:
         import transformers
@@ -69,15 +80,65 @@ class CausalEstimator:
         """[B, L] log pi(completion token | prefix) at `temperature` (0 means 1: greedy scores the raw
         distribution). Values at padded completion positions are meaningless (mask them with the response mask)."""
         T = temperature if temperature > 0 else 1.0
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                       use_cache=False).logits  # [B, P+L, V]
-        logits = logits[:, prompt_len - 1:-1].float() / T  # [B, L, V] position t predicts token t+1
+        groups = prompt_groups(input_ids, attention_mask, prompt_len) if self.share_prompts else None
+        logits = None
+        if groups is not None and _can_share(model):
+            logits = _shared_prompt_logits(model, input_ids, attention_mask, prompt_len, *groups)  # [B, L, V]
+        if logits is None:
+            logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                           position_ids=position_ids(attention_mask), use_cache=False).logits  # [B, P+L, V]
+            logits = logits[:, prompt_len - 1:-1]  # [B, L, V] position t predicts token t+1
         targets = input_ids[:, prompt_len:]  # [B, L]
-        return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)  # [B, L]
+        return torch.log_softmax(logits.float() / T, dim=-1).gather(-1, targets[..., None]).squeeze(-1)  # [B, L]
+
+
+def prompt_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int
+                  ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(first [U], inverse [B]) when some of the B rows share a (left-padded) prompt: `first[u]` is a row holding
+    distinct prompt u and `inverse[i]` the prompt of row i; None when every prompt is distinct (nothing to share)."""
+    P = prompt_len
+    if P == 0 or len(input_ids) < 2:
+        return None
+    key = torch.where(attention_mask[:, :P].bool(), input_ids[:, :P], -1)  # [B, P] pads differ from every token id
+    uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if len(uniq) == len(input_ids):
+        return None
+    rows = torch.arange(len(inverse))
+    first = torch.full((len(uniq),), len(inverse), dtype=torch.long).scatter_reduce(0, inverse, rows, "amin")
+    return first, inverse
+
+
+def _can_share(model) -> bool:
+    from torch.nn.parallel import DistributedDataParallel
+
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - older torch
+        FSDPModule = ()
+    return not (isinstance(model, (DistributedDataParallel, FSDPModule))
+                or getattr(model, "is_gradient_checkpointing", False))
+
+
+def _shared_prompt_logits(model, input_ids, attention_mask, P: int, first: torch.Tensor, inverse: torch.Tensor
+                          ) -> torch.Tensor | None:
+    """[B, L, V] completion logits (position j predicts completion token j) from one pass over the distinct prompts
+    and one over the completions on their re-indexed keys/values; None if the model returns no re-indexable cache."""
+    first, inverse = first.to(input_ids.device), inverse.to(input_ids.device)
+    p_mask = attention_mask[first, :P]  # [U, P]
+    out = model(input_ids=input_ids[first, :P], attention_mask=p_mask, position_ids=position_ids(p_mask),
+                use_cache=True)
+    cache = getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "reorder_cache"):
+        return None
+    cache.reorder_cache(inverse)  # [U, ...] -> [B, ...]: index_select, differentiable
+    rest = model(input_ids=input_ids[:, P:], attention_mask=attention_mask,
+                 position_ids=position_ids(attention_mask)[:, P:], past_key_values=cache, use_cache=True).logits
+    return torch.cat([out.logits[:, -1:][inverse], rest[:, :-1]], dim=1)  # [B, L, V]
 
 
 ESTIMATORS: Registry = Registry("log-prob estimator", providers=("rollout.diffusion_logprobs",))
 ESTIMATORS.register("causal")(CausalEstimator())
+ESTIMATORS.register("causal_full")(CausalEstimator(share_prompts=False))
 
 
 def batch_logprobs(est, model, batch, device, temperature: float, iteration: int = 0) -> torch.Tensor:

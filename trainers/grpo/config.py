@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from rewards import RewardSpec
-from rl.cluster import ClusterConfig
+from rl.cluster import ClusterConfig, resolve_backend
 from rl.config import JobConfig, Section
 from rl.registry import Registry, did_you_mean
 from rollout.diffusion_engine import DecodingOptions
@@ -302,6 +302,11 @@ class GRPOConfig(JobConfig):
         if isinstance(v, list):
             return [{"fn": x} if isinstance(x, str) else x for x in v]
         return v
+
+    @model_validator(mode="after")
+    def _resolve_backend(self):
+        resolve_backend(self.cluster, overlap=self.max_staleness > 0, engine=self.rollout.engine)
+        return self
 
     @model_validator(mode="after")
     def _resolve_offpolicy(self):
