@@ -43,7 +43,7 @@ from rl.config import Section
 from rl.errors import ConfigError
 from rollout.diffusion_logprobs import denoiser_logits, mask_token_id
 from rollout.logprobs import ESTIMATORS, left_pad
-from rollout.types import Sample, SamplingParams
+from rollout.types import Sample, SamplingParams, samples_from_rows
 
 
 class DecodingOptions(Section):
@@ -261,12 +261,8 @@ class DiffusionEngine:
             d = denoise(self.model, ids[:, :P].to(self.device), attn[:, :P].to(self.device), sampling.max_new_tokens,
                         self.options, sampling.temperature, self.mask_id, self.eos_ids, gen)
             self.last_forwards += d.forwards.tolist()
-            for i, p in enumerate(chunk):
-                toks = d.tokens[i].tolist()
-                out.append(Sample(prompt_ids=list(p), completion_ids=toks, logprobs=d.logprobs[i].tolist(),
-                                  versions=[self.version] * len(toks),
-                                  finish_reason="stop" if any(t in self.eos_ids for t in toks) else "length",
-                                  reveal_steps=d.reveal_steps[i].tolist()))
+            out += samples_from_rows(chunk, d.tokens, d.logprobs, self.version, self.eos_ids,
+                                     reveal_steps=d.reveal_steps)
         return out
 
     @torch.no_grad()

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from rl.config import Section
 from rollout.logprobs import ESTIMATORS, left_pad, position_ids
-from rollout.types import Sample, SamplingParams
+from rollout.types import Sample, SamplingParams, samples_from_rows
 
 
 class HFOptions(Section):
@@ -126,15 +126,7 @@ class HFEngine:
                              past_key_values=past, use_cache=True)
             past, logits = res.past_key_values, res.logits[:, -1]
             next_pos = next_pos + 1
-        tokens, logps, lengths = tokens.cpu(), logps.cpu(), lengths.tolist()
-        samples = []
-        for i, p in enumerate(prompts):
-            n = lengths[i]
-            completion = tokens[i, :n].tolist()
-            samples.append(Sample(prompt_ids=list(p), completion_ids=completion, logprobs=logps[i, :n].tolist(),
-                                  versions=[self.version] * n,
-                                  finish_reason="stop" if completion and completion[-1] in self.eos_ids else "length"))
-        return samples
+        return samples_from_rows(prompts, tokens.cpu(), logps.cpu(), self.version, self.eos_ids, lengths.tolist())
 
     # --- weights, adapters and scoring -----------------------------------------------------------------------------
     @torch.no_grad()
