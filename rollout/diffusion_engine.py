@@ -267,18 +267,9 @@ class DiffusionEngine:
 
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
-        targets = self.model.state_dict()
-        n = 0
-        for name, t in named_tensors:
-            target = targets.get(name)
-            if target is None:
-                raise KeyError(f"update_weights: the engine's model has no parameter '{name}'")
-            if target.shape != t.shape:
-                raise ValueError(f"update_weights: '{name}' has shape {tuple(t.shape)}, the model's is {tuple(target.shape)}")
-            target.copy_(t)
-            n += 1
-        if n == 0:
-            raise ValueError("update_weights: no tensors given")
+        from rollout.hf_engine import copy_weights
+
+        copy_weights(self.model, named_tensors, peft_hint=False)  # this engine serves no LoRA
         self.version = version
 
     def load_lora(self, adapter_dir: str, version: int) -> None:

@@ -54,6 +54,27 @@ def eos_token_ids(model_path: str, tokenizer) -> set[int]:
     return ids
 
 
+def copy_weights(model: torch.nn.Module, named_tensors: Iterable[tuple[str, torch.Tensor]],
+                 peft_hint: bool = True) -> None:
+    """Copy named tensors (full HF names) into `model`'s parameters and buffers in place, each name and shape
+    checked (call under no_grad). `peft_hint`: an unknown name that looks like a LoRA / peft one says to merge and
+    strip first."""
+    targets = model.state_dict()  # name -> tensor sharing storage with the live parameters and buffers
+    n = 0
+    for name, t in named_tensors:
+        target = targets.get(name)
+        if target is None:
+            hint = " (full HF names expected: merge LoRA and strip peft prefixes first)" if peft_hint and (
+                "lora" in name or name.startswith("base_model.")) else ""
+            raise KeyError(f"update_weights: the engine's model has no parameter '{name}'{hint}")
+        if target.shape != t.shape:
+            raise ValueError(f"update_weights: '{name}' has shape {tuple(t.shape)}, the model's is {tuple(target.shape)}")
+        target.copy_(t)
+        n += 1
+    if n == 0:
+        raise ValueError("update_weights: no tensors given")
+
+
 class HFEngine:
     """The `hf` engine. The model is loaded, and `score` computed, by the log-prob estimator `estimator`
     (`rollout.logprobs.ESTIMATORS`); the sampling loop itself is left-to-right with a KV cache, so it serves
@@ -133,20 +154,7 @@ class HFEngine:
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         if self.model is not self.base:
             self._drop_lora()
-        targets = self.base.state_dict()  # name -> tensor sharing storage with the live parameters and buffers
-        n = 0
-        for name, t in named_tensors:
-            target = targets.get(name)
-            if target is None:
-                hint = " (full HF names expected: merge LoRA and strip peft prefixes first)" if "lora" in name or \
-                    name.startswith("base_model.") else ""
-                raise KeyError(f"update_weights: the engine's model has no parameter '{name}'{hint}")
-            if target.shape != t.shape:
-                raise ValueError(f"update_weights: '{name}' has shape {tuple(t.shape)}, the model's is {tuple(target.shape)}")
-            target.copy_(t)
-            n += 1
-        if n == 0:
-            raise ValueError("update_weights: no tensors given")
+        copy_weights(self.base, named_tensors)
         self.version = version
 
     def load_lora(self, adapter_dir: str, version: int) -> None:
