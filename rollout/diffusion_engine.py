@@ -43,7 +43,7 @@ from rl.config import Section
 from rl.errors import ConfigError
 from rollout.diffusion_logprobs import denoiser_logits, mask_token_id
 from rollout.logprobs import ESTIMATORS, left_pad
-from rollout.types import Sample, SamplingParams
+from rollout.types import Sample, SamplingParams, samples_from_rows
 
 
 class DecodingOptions(Section):
@@ -261,28 +261,15 @@ class DiffusionEngine:
             d = denoise(self.model, ids[:, :P].to(self.device), attn[:, :P].to(self.device), sampling.max_new_tokens,
                         self.options, sampling.temperature, self.mask_id, self.eos_ids, gen)
             self.last_forwards += d.forwards.tolist()
-            for i, p in enumerate(chunk):
-                toks = d.tokens[i].tolist()
-                out.append(Sample(prompt_ids=list(p), completion_ids=toks, logprobs=d.logprobs[i].tolist(),
-                                  versions=[self.version] * len(toks),
-                                  finish_reason="stop" if any(t in self.eos_ids for t in toks) else "length",
-                                  reveal_steps=d.reveal_steps[i].tolist()))
+            out += samples_from_rows(chunk, d.tokens, d.logprobs, self.version, self.eos_ids,
+                                     reveal_steps=d.reveal_steps)
         return out
 
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
-        targets = self.model.state_dict()
-        n = 0
-        for name, t in named_tensors:
-            target = targets.get(name)
-            if target is None:
-                raise KeyError(f"update_weights: the engine's model has no parameter '{name}'")
-            if target.shape != t.shape:
-                raise ValueError(f"update_weights: '{name}' has shape {tuple(t.shape)}, the model's is {tuple(target.shape)}")
-            target.copy_(t)
-            n += 1
-        if n == 0:
-            raise ValueError("update_weights: no tensors given")
+        from rollout.hf_engine import copy_weights
+
+        copy_weights(self.model, named_tensors, peft_hint=False)  # this engine serves no LoRA
         self.version = version
 
     def load_lora(self, adapter_dir: str, version: int) -> None:

@@ -29,7 +29,7 @@ from pydantic import Field
 from rl.config import Section
 from rl.errors import OrchardError
 from rollout.logprobs import ESTIMATORS, left_pad, position_ids
-from rollout.types import Sample, SamplingParams
+from rollout.types import Sample, SamplingParams, samples_from_rows
 
 ENSEMBLE_FILE = "ensemble.json"
 
@@ -198,14 +198,7 @@ class EnsembleEngine:
             logits, past = self._forward(tok[:, None], attn, next_pos, past)
             step_logits = logits[:, :, -1]
             next_pos = next_pos + 1
-        samples = []
-        for i, p in enumerate(prompts):
-            n = int(lengths[i])
-            c = tokens[i, :n].tolist()
-            samples.append(Sample(prompt_ids=list(p), completion_ids=c, logprobs=logps[i, :n].tolist(),
-                                  versions=[self.version] * n,
-                                  finish_reason="stop" if c and c[-1] in self.eos_ids else "length"))
-        return samples
+        return samples_from_rows(prompts, tokens, logps, self.version, self.eos_ids, lengths.tolist())
 
     @torch.inference_mode()
     def score(self, prompt_ids, completion_ids, temperature: float) -> list[list[float]]:

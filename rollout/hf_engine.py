@@ -19,7 +19,7 @@ from pydantic import Field
 
 from rl.config import Section
 from rollout.logprobs import ESTIMATORS, left_pad, position_ids
-from rollout.types import Sample, SamplingParams
+from rollout.types import Sample, SamplingParams, samples_from_rows
 
 
 class HFOptions(Section):
@@ -52,6 +52,27 @@ def eos_token_ids(model_path: str, tokenizer) -> set[int]:
         eos = None
     ids.update([eos] if isinstance(eos, int) else (eos or []))
     return ids
+
+
+def copy_weights(model: torch.nn.Module, named_tensors: Iterable[tuple[str, torch.Tensor]],
+                 peft_hint: bool = True) -> None:
+    """Copy named tensors (full HF names) into `model`'s parameters and buffers in place, each name and shape
+    checked (call under no_grad). `peft_hint`: an unknown name that looks like a LoRA / peft one says to merge and
+    strip first."""
+    targets = model.state_dict()  # name -> tensor sharing storage with the live parameters and buffers
+    n = 0
+    for name, t in named_tensors:
+        target = targets.get(name)
+        if target is None:
+            hint = " (full HF names expected: merge LoRA and strip peft prefixes first)" if peft_hint and (
+                "lora" in name or name.startswith("base_model.")) else ""
+            raise KeyError(f"update_weights: the engine's model has no parameter '{name}'{hint}")
+        if target.shape != t.shape:
+            raise ValueError(f"update_weights: '{name}' has shape {tuple(t.shape)}, the model's is {tuple(target.shape)}")
+        target.copy_(t)
+        n += 1
+    if n == 0:
+        raise ValueError("update_weights: no tensors given")
 
 
 class HFEngine:
@@ -126,35 +147,14 @@ class HFEngine:
                              past_key_values=past, use_cache=True)
             past, logits = res.past_key_values, res.logits[:, -1]
             next_pos = next_pos + 1
-        tokens, logps, lengths = tokens.cpu(), logps.cpu(), lengths.tolist()
-        samples = []
-        for i, p in enumerate(prompts):
-            n = lengths[i]
-            completion = tokens[i, :n].tolist()
-            samples.append(Sample(prompt_ids=list(p), completion_ids=completion, logprobs=logps[i, :n].tolist(),
-                                  versions=[self.version] * n,
-                                  finish_reason="stop" if completion and completion[-1] in self.eos_ids else "length"))
-        return samples
+        return samples_from_rows(prompts, tokens.cpu(), logps.cpu(), self.version, self.eos_ids, lengths.tolist())
 
     # --- weights, adapters and scoring -----------------------------------------------------------------------------
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         if self.model is not self.base:
             self._drop_lora()
-        targets = self.base.state_dict()  # name -> tensor sharing storage with the live parameters and buffers
-        n = 0
-        for name, t in named_tensors:
-            target = targets.get(name)
-            if target is None:
-                hint = " (full HF names expected: merge LoRA and strip peft prefixes first)" if "lora" in name or \
-                    name.startswith("base_model.") else ""
-                raise KeyError(f"update_weights: the engine's model has no parameter '{name}'{hint}")
-            if target.shape != t.shape:
-                raise ValueError(f"update_weights: '{name}' has shape {tuple(t.shape)}, the model's is {tuple(target.shape)}")
-            target.copy_(t)
-            n += 1
-        if n == 0:
-            raise ValueError("update_weights: no tensors given")
+        copy_weights(self.base, named_tensors)
         self.version = version
 
     def load_lora(self, adapter_dir: str, version: int) -> None:

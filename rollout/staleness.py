@@ -27,10 +27,27 @@ synchronous loop exactly: at version s - 1 the room is P - c - outstanding (only
 is being collected) and zero while the trainer updates, so nothing runs ahead.
 
 `rl bench async`'s simulator drives this same class, so the projection and the real controller pace alike.
+
+`staleness_metrics` is what the GRPO and agent trainers log of it: how far behind its samples' tokens really were.
 """
 from __future__ import annotations
 
 from collections import Counter
+from typing import Sequence
+
+
+def staleness_metrics(versions: Sequence[Sequence[int]], step: int, max_staleness: int) -> dict[str, float]:
+    """How many policy versions behind the trainer (version step - 1) samples were generated, from each sample's
+    (or episode's) per-token policy versions: per token (mean) and per sample (its oldest token: max and the
+    fraction at each k <= max_staleness). A sample without tokens counts in neither."""
+    tok = [(step - 1) - v for vs in versions for v in vs]
+    if not tok:
+        return {"offpolicy/staleness_mean": 0.0, "offpolicy/staleness_max": 0.0}
+    seq = [(step - 1) - min(vs) for vs in versions if vs]
+    m = {"offpolicy/staleness_mean": sum(tok) / len(tok), "offpolicy/staleness_max": float(max(seq))}
+    for k in range(max_staleness + 1):
+        m[f"offpolicy/staleness_frac_{k}"] = sum(e == k for e in seq) / len(seq)
+    return m
 
 
 class StalenessScheduler:

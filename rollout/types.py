@@ -21,6 +21,7 @@ Shapes: B = number of samples in a batch (prompts x generations), L = padded com
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Collection
 
 import torch
 
@@ -50,6 +51,24 @@ class Sample:
     """'stop' (EOS produced) or 'length' (hit max_new_tokens)."""
     reveal_steps: list[int] | None = None
     """Masked-diffusion engines: the denoising step that revealed each completion position (None: left to right)."""
+
+
+def samples_from_rows(prompts: list[list[int]], tokens: torch.Tensor, logprobs: torch.Tensor, version: int,
+                      eos_ids: Collection[int], lengths: list[int] | None = None,
+                      reveal_steps: torch.Tensor | None = None) -> list[Sample]:
+    """One `Sample` per prompt from an engine's [B, N] outputs: row i's first `lengths[i]` tokens (None: the whole
+    row) with their log-probs (and `reveal_steps`, for a masked-diffusion engine), every token made by policy
+    `version`. 'stop' when the completion holds an EOS: a left-to-right engine's completion ends at its first one, a
+    diffusion canvas keeps the tokens after it."""
+    out = []
+    for i, p in enumerate(prompts):
+        n = tokens.shape[1] if lengths is None else lengths[i]
+        completion = tokens[i, :n].tolist()
+        out.append(Sample(prompt_ids=list(p), completion_ids=completion, logprobs=logprobs[i, :n].tolist(),
+                          versions=[version] * n,
+                          finish_reason="stop" if any(t in eos_ids for t in completion) else "length",
+                          reveal_steps=None if reveal_steps is None else reveal_steps[i, :n].tolist()))
+    return out
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Test-wide environment: vLLM/Ray runtime defaults and a model cache kept inside the checkout."""
+"""Test-wide environment: vLLM/Ray runtime defaults and a model cache kept inside the checkout; the tiny random
+masked-diffusion model that the diffusion engine, estimator, trainer and bench tests share."""
 import os
 from pathlib import Path
 
@@ -39,3 +40,34 @@ def pytest_pyfunc_call(pyfuncitem):
     if w.returncode != 0:
         pytest.fail(f"in a child process (exit code {w.returncode}):\n{w.output[-6000:]}", pytrace=False)
     return True
+
+
+# --- a tiny masked-diffusion model ------------------------------------------------------------------------------------
+def save_tiny_mdlm(d: Path, layers: int = 2, intermediate: int = 128) -> Path:
+    """A random bidirectional Llama (hidden 64, one head, 64 positions; seeded) with the tiny-mdlm tokenizer ([MASK]
+    included), saved to `d` in a second (the zoo's tiny-mdlm takes minutes to build)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from rl.zoo import ArchSpec, llama_config
+    from trainers.sft.tiny_mdlm import mdlm_tokenizer
+
+    tok = mdlm_tokenizer()
+    cfg = llama_config(ArchSpec(hidden=64, layers=layers, heads=1, intermediate=intermediate, max_positions=64), tok)
+    cfg.is_causal, cfg.mask_token_id = False, tok.mask_token_id
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_mdlm_dir(tmp_path_factory):
+    """The 2-layer tiny masked-diffusion model (`save_tiny_mdlm`), built once per test module."""
+    return save_tiny_mdlm(tmp_path_factory.mktemp("mdlm"))
+
+
+@pytest.fixture
+def make_tiny_mdlm():
+    """`save_tiny_mdlm` itself, for a test that wants another size."""
+    return save_tiny_mdlm

@@ -1,6 +1,6 @@
 """The `diffusion` engine and the masked-diffusion log-prob estimators (`cj_grpo`, `diffu_grpo`): hand-computed
 schedules and losses, named errors, and consistency of the trajectory the engine records with what the trainer
-recomputes, on a tiny random bidirectional Llama (built here in a second)."""
+recomputes, on a tiny random bidirectional Llama (`tiny_mdlm_dir`, tests/conftest.py)."""
 import math
 
 import pytest
@@ -14,24 +14,6 @@ from rollout.logprobs import ESTIMATORS
 from rollout.types import SamplingParams
 from trainers.grpo.batch import collate
 from trainers.sft.masked_diffusion import mdlm_loss
-
-
-@pytest.fixture(scope="module")
-def tiny_mdlm_dir(tmp_path_factory):
-    """A random 2-layer bidirectional Llama with the tiny-mdlm tokenizer ([MASK] included)."""
-    from transformers import LlamaForCausalLM
-
-    from rl.zoo import ArchSpec, llama_config
-    from trainers.sft.tiny_mdlm import mdlm_tokenizer
-
-    d = tmp_path_factory.mktemp("mdlm")
-    tok = mdlm_tokenizer()
-    cfg = llama_config(ArchSpec(hidden=64, layers=2, heads=1, intermediate=128, max_positions=64), tok)
-    cfg.is_causal, cfg.mask_token_id = False, tok.mask_token_id
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
 
 
 def prompts(tok):

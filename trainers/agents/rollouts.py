@@ -24,6 +24,7 @@ import torch
 
 from rl.rundir import RunDir, atomic_write_text
 from rollout.logprobs import left_pad, policy_logprobs
+from rollout.staleness import staleness_metrics
 from rollout.types import Sample, SamplingParams, Trajectory
 from trainers.agents.context import AgentContext, iteration_seeds
 from trainers.agents.episodes import episode_return, episode_success, is_usable
@@ -96,19 +97,6 @@ def probe_logprobs(policy: torch.nn.Module, probe: list[Sample], pad_id: int) ->
     return [lp[i, :len(s.completion_ids)].tolist() for i, s in enumerate(probe)]
 
 
-def staleness_metrics(trajs: list[Trajectory], it: int, max_staleness: int) -> dict:
-    """How many policy versions behind the trainer (version it - 1) the episodes' tokens were generated: per token
-    (mean) and per episode (its oldest token: max and the fraction at each k <= max_staleness)."""
-    tok = [(it - 1) - v for t in trajs for v in t.versions]
-    if not tok:
-        return {"offpolicy/staleness_mean": 0.0, "offpolicy/staleness_max": 0.0}
-    ep = [(it - 1) - min(t.versions) for t in trajs if t.versions]
-    m = {"offpolicy/staleness_mean": sum(tok) / len(tok), "offpolicy/staleness_max": float(max(ep))}
-    for k in range(max_staleness + 1):
-        m[f"offpolicy/staleness_frac_{k}"] = sum(e == k for e in ep) / len(ep)
-    return m
-
-
 def episode_metrics(trajs: list[Trajectory], dt: float) -> dict:
     """The iteration's training episodes: return, success, turns, dropped / overflowed episodes, throughput."""
     n = len(trajs)
@@ -178,7 +166,7 @@ class AgentRollouts:
             self.probe = [Sample(s.context_ids, s.token_ids, s.logprobs, s.versions)
                           for t in trajs for s in t.steps[:1] if s.token_ids][:8]
         m.update(episode_metrics(trajs, time.time() - t0))
-        m.update(staleness_metrics(trajs, it, self.cfg.max_staleness))
+        m.update(staleness_metrics([t.versions for t in trajs], it, self.cfg.max_staleness))  # per episode
         return trajs, m
 
     def publish(self, it: int, metrics: dict) -> None:

@@ -22,7 +22,8 @@ from rl.errors import OrchardError, RewardError
 from rl.jobkit import Start, checkpoint, evaluate_before, make_tracker, start, summarize, write_state
 from rl.rundir import RunDir, atomic_write_text
 from rl.zoo import resolve_model_path
-from rollout.types import RolloutBatch, Sample, SamplingParams
+from rollout.staleness import staleness_metrics
+from rollout.types import Sample, SamplingParams
 from trainers.advantages import ADVANTAGES, zero_std_groups
 from trainers.grpo.batch import PromptSampler, collate
 from trainers.grpo.config import GRPOConfig
@@ -92,20 +93,6 @@ def write_checkpoint(d: Path, step: int, trainer, sampler: PromptSampler, extra:
 
 
 # --- the loop ----------------------------------------------------------------------------------------------------
-def staleness_metrics(batch: RolloutBatch, step: int, max_staleness: int) -> dict:
-    """How many policy versions behind the trainer (version step - 1) the batch's samples were generated."""
-    mask = batch.response_mask > 0  # [B, L]
-    if not mask.any():
-        return {"offpolicy/staleness_mean": 0.0, "offpolicy/staleness_max": 0.0}
-    tok_stale = (step - 1) - batch.versions[mask].float()  # per token
-    oldest = torch.where(mask, batch.versions, torch.full_like(batch.versions, 2**31 - 1)).min(dim=1).values
-    seq_stale = ((step - 1) - oldest[mask.any(dim=1)]).long()  # per sample: its oldest token
-    m = {"offpolicy/staleness_mean": tok_stale.mean().item(), "offpolicy/staleness_max": float(seq_stale.max())}
-    for k in range(max_staleness + 1):
-        m[f"offpolicy/staleness_frac_{k}"] = (seq_stale == k).float().mean().item()
-    return m
-
-
 def train(cfg: GRPOConfig, run: RunDir) -> dict:
     """Start (or join) Ray if the cluster uses it, run the loop, and shut Ray down again if this call started it."""
     from rl.cluster import check_resources, init_ray
@@ -220,7 +207,8 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, job: Start, inputs: In
             adv = advantage_fn(rewards_t, gids_t, valid_t)  # [B]
             batch = collate(samples, adv, rewards_t, gids_t, tok.pad_token_id)
             batch.response_mask *= valid_t[:, None].float()  # dropped samples do not train
-            m.update(staleness_metrics(batch, step, cfg.max_staleness))
+            versions = [v[k].tolist() for v, k in zip(batch.versions, batch.response_mask > 0)]  # tokens that train
+            m.update(staleness_metrics(versions, step, cfg.max_staleness))
             # update
             t1 = time.time()
             m.update(trainer.update(batch))

@@ -10,9 +10,10 @@ import torch
 from rl.config import load_config
 from rl.errors import WeightSyncError
 from rl.rundir import RunDir
+from rollout.staleness import staleness_metrics
 from rollout.types import Step, Trajectory
 from trainers.agents.context import build_context, iteration_seeds
-from trainers.agents.rollouts import AgentRollouts, SeedStream, staleness_metrics
+from trainers.agents.rollouts import AgentRollouts, SeedStream
 
 ENVS = Path(__file__).parent / "ray_envs.py"
 
@@ -34,11 +35,11 @@ def _traj(*versions_per_step):
 
 def test_staleness_metrics_per_token_and_per_episode():
     # trainer at version it-1 = 4: tokens of versions 4,4,3 | 3,3 -> staleness 0,0,1 | 1,1
-    m = staleness_metrics([_traj([4, 4], [3]), _traj([3, 3])], it=5, max_staleness=1)
+    m = staleness_metrics([t.versions for t in (_traj([4, 4], [3]), _traj([3, 3]))], step=5, max_staleness=1)
     assert m["offpolicy/staleness_mean"] == pytest.approx(3 / 5)
     assert m["offpolicy/staleness_max"] == 1.0  # each episode counts its oldest token: 1 and 1
     assert m["offpolicy/staleness_frac_0"] == 0.0 and m["offpolicy/staleness_frac_1"] == 1.0
-    assert staleness_metrics([], it=1, max_staleness=0)["offpolicy/staleness_max"] == 0.0
+    assert staleness_metrics([], step=1, max_staleness=0)["offpolicy/staleness_max"] == 0.0
 
 
 @pytest.fixture

@@ -1,32 +1,14 @@
-"""Tiny end-to-end masked-diffusion GRPO jobs through the real CLI path, on a random bidirectional Llama (the zoo's
-tiny-mdlm takes minutes to build): both recipes train, write a complete run directory, pass the weight-sync probe,
+"""Tiny end-to-end masked-diffusion GRPO jobs through the real CLI path, on a random bidirectional Llama
+(`tiny_mdlm_dir`, tests/conftest.py): both recipes train, write a complete run directory, pass the weight-sync probe,
 resume to the same metrics, and `rl eval` decodes at another step budget."""
 import json
 import math
 
 import pytest
-import torch
 
 from rl.cli import launch, main
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def mdlm(tmp_path_factory):
-    from transformers import LlamaForCausalLM
-
-    from rl.zoo import ArchSpec, llama_config
-    from trainers.sft.tiny_mdlm import mdlm_tokenizer
-
-    d = tmp_path_factory.mktemp("mdlm")
-    tok = mdlm_tokenizer()
-    cfg = llama_config(ArchSpec(hidden=64, layers=2, heads=1, intermediate=128, max_positions=64), tok)
-    cfg.is_causal, cfg.mask_token_id = False, tok.mask_token_id
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
 
 
 def tiny(mdlm):
@@ -38,16 +20,16 @@ def tiny(mdlm):
 
 
 @pytest.mark.parametrize("recipe", ["cj_grpo_tiny", "diffu_grpo_tiny"])
-def test_recipe_trains_resumes_and_evaluates(tmp_path, mdlm, recipe):
+def test_recipe_trains_resumes_and_evaluates(tmp_path, tiny_mdlm_dir, recipe):
     full, part = tmp_path / "full", tmp_path / "part"
-    launch(f"configs/{recipe}.yaml", [*tiny(mdlm), "max_steps=4", f"run_dir={full}"])
+    launch(f"configs/{recipe}.yaml", [*tiny(tiny_mdlm_dir), "max_steps=4", f"run_dir={full}"])
     rows = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     for key in ("reward/mean", "loss/pg", "actor/clipfrac", "sync/probe_max_abs_err"):
         assert all(math.isfinite(r[key]) for r in rows[1:] if key in r), key
     assert any("sync/probe_max_abs_err" in r for r in rows)
     assert (full / "checkpoints" / "step-4" / "COMPLETE").is_file() and list((full / "tb").glob("events.*"))
-    launch(f"configs/{recipe}.yaml", [*tiny(mdlm), "max_steps=2", f"run_dir={part}"])
+    launch(f"configs/{recipe}.yaml", [*tiny(tiny_mdlm_dir), "max_steps=2", f"run_dir={part}"])
     assert main(["train", "--resume", str(part), "max_steps=4"]) == 0
     resumed = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(rows[3:], [r for r in resumed if r["step"] >= 3]):
@@ -57,9 +39,9 @@ def test_recipe_trains_resumes_and_evaluates(tmp_path, mdlm, recipe):
     assert ev["size"] == 8 and 0.0 <= ev["eval/accuracy"] <= 1.0
 
 
-def test_async_cj_grpo_with_two_workers_passes_the_probe(tmp_path, mdlm):
+def test_async_cj_grpo_with_two_workers_passes_the_probe(tmp_path, tiny_mdlm_dir):
     run = tmp_path / "async"
-    launch("configs/cj_grpo_tiny.yaml", [*tiny(mdlm), "max_steps=3", f"run_dir={run}", "cluster.backend=ray",
+    launch("configs/cj_grpo_tiny.yaml", [*tiny(tiny_mdlm_dir), "max_steps=3", f"run_dir={run}", "cluster.backend=ray",
                                          "cluster.rollout_workers=2", "max_staleness=1"])
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 3
