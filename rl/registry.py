@@ -13,6 +13,18 @@ from typing import Callable, Generic, Iterator, TypeVar
 T = TypeVar("T")
 
 
+def registered_name(registry: "Registry", name: str) -> str:
+    """`name` if `registry` holds it; else a pydantic validation error (pydantic adds the dotted key) with a
+    suggestion. For config validators of registered names."""
+    from pydantic_core import PydanticCustomError
+
+    if name not in registry:
+        raise PydanticCustomError("unknown_name", "unknown {kind} '{name}'{hint}; known: {known}",
+                                  {"kind": registry.kind, "name": name, "hint": did_you_mean(name, registry),
+                                   "known": ", ".join(registry.names())})
+    return name
+
+
 def did_you_mean(name: str, candidates) -> str:
     """' (did you mean 'x'?)' for the closest candidate, or '' if none is close."""
     close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.5)

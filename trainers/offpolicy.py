@@ -32,9 +32,41 @@ from typing import Protocol
 
 import torch
 
-from rl.registry import Registry
+from pydantic import Field, field_validator
+
+from rl.config import Section
+from rl.registry import Registry, registered_name
 
 OFFPOLICY: Registry = Registry("off-policy correction")
+
+
+class OffPolicyConfig(Section):
+    """The knobs of the registered corrections, as a config section that a job's trainer section inherits (GRPO's
+    `trainer.*`, the agent jobs' `grpo.*`); it satisfies `OffPolicySettings`."""
+
+    offpolicy: str | None = None
+    """Off-policy correction (registered in `trainers.offpolicy`): none, tis_token, tis_seq, mask, decoupled.
+    Unset (or null): resolved when the config loads, to `decoupled` (AReaL's decoupled PPO) when max_staleness > 0
+    and `none` when training is on-policy, so the run's config.yaml records the correction that ran."""
+    is_cap: float = Field(2.0, gt=0)
+    """`tis_token`/`tis_seq`: truncation cap C, importance weights are min(pi_old / pi_behav, C) (verl 2.0)."""
+    mask_low: float = Field(0.125, ge=0, le=1)
+    """`mask`: drop tokens whose pi_old / pi_behav is below this (prime-rl token_mask_low; default [UNVERIFIED])."""
+    mask_high: float = Field(8.0, ge=1)
+    """`mask`: drop tokens whose pi_old / pi_behav is above this (prime-rl token_mask_high; default [UNVERIFIED])."""
+    behav_weight_cap: float | None = Field(None, gt=0)
+    """`decoupled`: drop tokens whose pi_prox / pi_behav exceeds this (AReaL `behav_imp_weight_cap`); None keeps
+    all."""
+
+    @field_validator("offpolicy")
+    @classmethod
+    def _known_offpolicy(cls, v: str | None) -> str | None:
+        return v if v is None else registered_name(OFFPOLICY, v)
+
+    def resolve_offpolicy(self, max_staleness: int) -> None:
+        """`offpolicy` unset: decoupled PPO if generation runs ahead (max_staleness > 0), else none."""
+        if self.offpolicy is None:
+            self.offpolicy = "decoupled" if max_staleness > 0 else "none"
 
 
 class OffPolicySettings(Protocol):

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from rl.cluster import ClusterConfig, resolve_backend
 from rl.config import JobConfig, Section
+from trainers.offpolicy import OffPolicyConfig
 
 
 class PolicyConfig(Section):
@@ -52,7 +53,12 @@ class EvalConfig(Section):
     """Evaluate every N iterations (and before the first and after the last)."""
 
 
-class GRPOSection(Section):
+class GRPOSection(OffPolicyConfig):
+    """agent_grpo. `offpolicy` (resolved like GRPO's `trainer.offpolicy`: decoupled when max_staleness > 0, else
+    none): with none the clipped ratio is taken against the episodes' behaviour log-probs (PPO as the peers do);
+    with a correction it is taken against the trainer's own policy at the update (the proximal policy of decoupled
+    PPO, so the ratio starts at 1) and the correction's weights pi_prox / pi_behav carry the staleness."""
+
     seeds_per_iter: int = Field(4, ge=1)
     """Env seeds per iteration; each is played `group_size` times (the GRPO group)."""
     group_size: int = Field(8, ge=2)
@@ -126,6 +132,7 @@ class AgentConfig(JobConfig):
     @model_validator(mode="after")
     def _resolve_backend(self):
         resolve_backend(self.cluster, overlap=self.max_staleness > 0, engine="hf")  # the agent policy runs on HF
+        self.grpo.resolve_offpolicy(self.max_staleness)
         return self
 
     @model_validator(mode="after")

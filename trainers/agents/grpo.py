@@ -26,7 +26,8 @@ class AgentGRPO:
             return {"loss/policy": 0.0, "grpo/zero_adv_frac": 1.0}
         b = collate_episodes([trajs[i] for i in keep], ctx.engine.pad_id)
         lp = token_logprobs(ctx.policy, b.input_ids, b.attention_mask, ctx.cfg.rollout.temperature)  # [K, S]
-        loss, m = grpo_episode_loss(lp, b.behav_logprobs, adv[keep], b.policy_mask, g.clip_eps, g.loss_agg)
+        loss, m = grpo_episode_loss(lp, b.behav_logprobs, adv[keep], b.policy_mask, g.clip_eps, g.loss_agg,
+                                    correction=g.offpolicy, settings=g)
         m["grad_norm/policy"] = ctx.policy_step(loss)
         ctx.sync()
         m["grpo/zero_adv_frac"] = 1 - len(keep) / len(trajs)

@@ -7,22 +7,39 @@ from __future__ import annotations
 
 import torch
 
+from trainers.offpolicy import OFFPOLICY, OffPolicySettings
+
 
 def grpo_episode_loss(logprobs: torch.Tensor, behav_logprobs: torch.Tensor, advantages: torch.Tensor,
-                      mask: torch.Tensor, clip_eps: float = 0.2, agg: str = "episode_mean"
+                      mask: torch.Tensor, clip_eps: float = 0.2, agg: str = "episode_mean",
+                      correction: str = "none", settings: OffPolicySettings | None = None
                       ) -> tuple[torch.Tensor, dict[str, float]]:
     """Multi-turn GRPO (the peers' baseline): every policy token of episode b gets its episode's advantage
     `advantages[b]` (from the episode return, `trainers.advantages.grpo_advantage` over the G episodes of one env
-    seed); PPO's clipped ratio against the behaviour log-probs.
+    seed); PPO's clipped ratio.
+
+    correction "none": the ratio is pi / pi_behav, against the behaviour log-probs. Any other registered
+    correction (`trainers.offpolicy.OFFPOLICY`, read with `settings`): the ratio is pi / pi_prox with the proximal
+    policy the trainer's own at this update (one step per batch: `logprobs` detached, so the ratio starts at 1), and
+    each token's surrogate is multiplied by the correction's weight (decoupled PPO: pi_prox / pi_behav); tokens it
+    drops add 0 but stay in the normaliser.
 
     agg "episode_mean" (GRPO's 1/G sum_i 1/|o_i| sum_t, per episode):
-        loss = -mean_b [ sum_k mask * min(ratio * A_b, clip(ratio, 1-eps, 1+eps) * A_b) / sum_k mask ]
+        loss = -mean_b [ sum_k mask * w * min(ratio * A_b, clip(ratio, 1-eps, 1+eps) * A_b) / sum_k mask ]
     agg "token_mean": the same sum over all policy tokens of the batch / their count. In multi-turn episodes the
     long, failed ones hold most tokens, so token_mean lets their negative advantages dominate the shared tokens
     (measured on twenty_questions: the return fell under token_mean); episode_mean is the default."""
     A = advantages[:, None]  # [B, 1] broadcast over tokens
-    ratio = torch.exp(logprobs - behav_logprobs)  # [B, S]
+    metrics: dict[str, float] = {}
+    if correction == "none":
+        ratio = torch.exp(logprobs - behav_logprobs)  # [B, S]
+        weights, keep = torch.ones_like(ratio), mask  # [B, S]
+    else:
+        prox = logprobs.detach()  # [B, S]
+        weights, keep, metrics = OFFPOLICY.get(correction)(prox, behav_logprobs, mask, settings)  # [B, S] each
+        ratio = torch.exp(logprobs - prox)  # [B, S] 1 in value; its gradient is grad log pi
     surr = torch.minimum(ratio * A, ratio.clamp(1 - clip_eps, 1 + clip_eps) * A)  # [B, S]
+    surr = torch.where(keep > 0, surr * weights, torch.zeros_like(surr))  # [B, S] dropped tokens add 0
     n = mask.sum().clamp(min=1)
     if agg == "episode_mean":
         loss = -((surr * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
@@ -31,7 +48,7 @@ def grpo_episode_loss(logprobs: torch.Tensor, behav_logprobs: torch.Tensor, adva
     else:
         raise ValueError(f"agg must be 'episode_mean' or 'token_mean', got {agg!r}")
     clipped = ((ratio - 1).abs() > clip_eps).float()
-    return loss, {"loss/policy": loss.item(), "loss/clipfrac": ((clipped * mask).sum() / n).item()}
+    return loss, {"loss/policy": loss.item(), "loss/clipfrac": ((clipped * mask).sum() / n).item(), **metrics}
 
 
 def top_fraction(returns: torch.Tensor, fraction: float) -> torch.Tensor:

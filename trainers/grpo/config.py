@@ -10,7 +10,7 @@ from pydantic_core import PydanticCustomError
 from rewards import RewardSpec
 from rl.cluster import ClusterConfig, resolve_backend
 from rl.config import JobConfig, Section
-from rl.registry import Registry, did_you_mean
+from rl.registry import did_you_mean, registered_name
 from rollout.diffusion_engine import DecodingOptions
 from rollout.ensemble_engine import EnsembleOptions
 from rollout.hf_engine import HFOptions
@@ -20,16 +20,10 @@ from rollout.vllm_engine import VLLMOptions
 
 log = logging.getLogger("orchard")
 from trainers.advantages import ADVANTAGES
-from trainers.offpolicy import OFFPOLICY
+from trainers.offpolicy import OffPolicyConfig
 
 
-def _registered(registry: Registry, name: str) -> str:
-    """`name` if `registry` holds it; else a validation error (pydantic adds the dotted key) with a suggestion."""
-    if name not in registry:
-        raise PydanticCustomError("unknown_name", "unknown {kind} '{name}'{hint}; known: {known}",
-                                  {"kind": registry.kind, "name": name, "hint": did_you_mean(name, registry),
-                                   "known": ", ".join(registry.names())})
-    return name
+_registered = registered_name
 
 
 class LoraConfig(Section):
@@ -177,7 +171,10 @@ class RolloutConfig(Section):
         return getattr(self, "decoding" if self.engine == "diffusion" else self.engine)
 
 
-class TrainerConfig(Section):
+class TrainerConfig(OffPolicyConfig):
+    """Optimisation and loss; the off-policy correction's knobs (`offpolicy`, `is_cap`, ...) come from
+    `trainers.offpolicy.OffPolicyConfig`."""
+
     lr: float = Field(2e-4, gt=0)
     """AdamW learning rate."""
     weight_decay: float = Field(0.0, ge=0)
@@ -213,19 +210,6 @@ class TrainerConfig(Section):
     """DAPO dynamic sampling: drop groups whose rewards are all equal and generate more until the batch is full."""
     max_resample_rounds: int = Field(3, ge=0)
     """Extra generation rounds allowed per step when dynamic sampling removed groups."""
-    offpolicy: str | None = None
-    """Off-policy correction (registered in `trainers.offpolicy`): none, tis_token, tis_seq, mask, decoupled.
-    Unset (or null): resolved when the config loads, to `decoupled` (AReaL's decoupled PPO) when max_staleness > 0
-    and `none` when training is on-policy, so the run's config.yaml records the correction that ran."""
-    is_cap: float = Field(2.0, gt=0)
-    """`tis_token`/`tis_seq`: truncation cap C, importance weights are min(pi_old / pi_behav, C) (verl 2.0)."""
-    mask_low: float = Field(0.125, ge=0, le=1)
-    """`mask`: drop tokens whose pi_old / pi_behav is below this (prime-rl token_mask_low; default [UNVERIFIED])."""
-    mask_high: float = Field(8.0, ge=1)
-    """`mask`: drop tokens whose pi_old / pi_behav is above this (prime-rl token_mask_high; default [UNVERIFIED])."""
-    behav_weight_cap: float | None = Field(None, gt=0)
-    """`decoupled`: drop tokens whose pi_prox / pi_behav exceeds this (AReaL `behav_imp_weight_cap`); None keeps
-    all."""
     sync_check_every: int = Field(1, ge=0)
     """Verify the weight sync every N steps: a fixed probe batch is scored by the trainer and the engine, and a
     log-prob mismatch above `sync_check_tol` stops the job (0 disables)."""
@@ -243,11 +227,6 @@ class TrainerConfig(Section):
     @classmethod
     def _known_advantage(cls, v: str) -> str:
         return _registered(ADVANTAGES, v)
-
-    @field_validator("offpolicy")
-    @classmethod
-    def _known_offpolicy(cls, v: str | None) -> str | None:
-        return v if v is None else _registered(OFFPOLICY, v)
 
 
 class EvalConfig(Section):
@@ -311,8 +290,7 @@ class GRPOConfig(JobConfig):
     @model_validator(mode="after")
     def _resolve_offpolicy(self):
         """`trainer.offpolicy` unset or null: decoupled PPO if generation runs ahead (max_staleness > 0), else none."""
-        if self.trainer.offpolicy is None:
-            self.trainer.offpolicy = "decoupled" if self.max_staleness > 0 else "none"
+        self.trainer.resolve_offpolicy(self.max_staleness)
         return self
 
     @property

@@ -82,6 +82,40 @@ def test_grpo_episode_loss_matches_a_plain_loop():
     assert grpo_episode_loss(lp, behav, adv, mask, agg="token_mean")[0].item() == pytest.approx(-total / n, rel=1e-5)
 
 
+def test_grpo_episode_loss_with_decoupled_ppo_by_hand():
+    """Stale episodes: the ratio is against the trainer's own policy (value 1, no clipping) and each token is
+    weighted by pi_prox / pi_behav; behav_weight_cap drops a token (it adds 0 but stays in the normaliser)."""
+    from types import SimpleNamespace
+
+    lp = torch.log(torch.tensor([[0.5, 0.5, 0.5], [0.25, 0.5, 0.5]])).requires_grad_()
+    behav = torch.log(torch.tensor([[0.5, 0.25, 0.5], [0.5, 0.5, 0.05]]))
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+    adv = torch.tensor([1.0, -2.0])
+    # weights pi_prox / pi_behav on policy tokens: row 0 [1, 2], row 1 [0.5, ., 10]
+    settings = SimpleNamespace(behav_weight_cap=None)
+    loss, m = grpo_episode_loss(lp, behav, adv, mask, clip_eps=0.2, correction="decoupled", settings=settings)
+    # per episode: (1*1 + 2*1) / 2 = 1.5 and (0.5*-2 + 10*-2) / 2 = -10.5 -> -(1.5 - 10.5) / 2 = 4.5
+    assert loss.item() == pytest.approx(4.5)
+    assert m["loss/clipfrac"] == 0.0 and m["offpolicy/is_weight_max"] == pytest.approx(10.0)
+    loss.backward()  # d loss / d lp = -w A / (2 |o_b|) per policy token, 0 elsewhere
+    assert torch.allclose(lp.grad, torch.tensor([[-0.25, -0.5, 0.0], [0.25, 0.0, 5.0]]))
+    capped, m = grpo_episode_loss(lp, behav, adv, mask, correction="decoupled",
+                                  settings=SimpleNamespace(behav_weight_cap=5.0))
+    assert capped.item() == pytest.approx(-(1.5 + 0.5 * -2 / 2) / 2)  # the weight-10 token dropped
+    assert m["offpolicy/masked_frac"] == pytest.approx(0.25)
+    # correction none keeps the old behaviour: the ratio against the behaviour log-probs
+    assert grpo_episode_loss(lp, behav, adv, mask)[0].item() != pytest.approx(4.5)
+
+
+def test_agent_grpo_resolves_its_correction_from_max_staleness():
+    from rl.config import load_config
+
+    assert load_config("configs/grpo_agent_guess.yaml", []).grpo.offpolicy == "none"
+    assert load_config("configs/grpo_agent_guess.yaml", ["max_staleness=1"]).grpo.offpolicy == "decoupled"
+    assert load_config("configs/grpo_agent_guess.yaml", ["max_staleness=1", "grpo.offpolicy=none"]).grpo.offpolicy \
+        == "none"
+
+
 def test_top_fraction_and_bc_loss():
     assert top_fraction(torch.tensor([-5.0, -2.0, -9.0, -2.0]), 0.5).tolist() == [1, 3]
     assert top_fraction(torch.tensor([-5.0, -2.0, -9.0]), 0.1).tolist() == [1]  # at least one
