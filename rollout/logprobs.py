@@ -80,9 +80,10 @@ class CausalEstimator:
         """[B, L] log pi(completion token | prefix) at `temperature` (0 means 1: greedy scores the raw
         distribution). Values at padded completion positions are meaningless (mask them with the response mask)."""
         T = temperature if temperature > 0 else 1.0
-        groups = prompt_groups(input_ids, attention_mask, prompt_len) if self.share_prompts else None
+        groups = prompt_groups(input_ids, attention_mask, prompt_len) if self.share_prompts and _can_share(model) \
+            else None
         logits = None
-        if groups is not None and _can_share(model):
+        if groups is not None:
             logits = _shared_prompt_logits(model, input_ids, attention_mask, prompt_len, *groups)  # [B, L, V]
         if logits is None:
             logits = model(input_ids=input_ids, attention_mask=attention_mask,

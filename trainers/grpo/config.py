@@ -23,7 +23,6 @@ from trainers.advantages import ADVANTAGES
 from trainers.offpolicy import OffPolicyConfig
 
 
-_registered = registered_name
 
 
 class LoraConfig(Section):
@@ -53,7 +52,7 @@ class ModelConfig(Section):
     @field_validator("estimator")
     @classmethod
     def _known_estimator(cls, v: str) -> str:
-        return _registered(ESTIMATORS, v)
+        return registered_name(ESTIMATORS, v)
 
 
 class DataConfig(Section):
@@ -226,7 +225,7 @@ class TrainerConfig(OffPolicyConfig):
     @field_validator("advantage")
     @classmethod
     def _known_advantage(cls, v: str) -> str:
-        return _registered(ADVANTAGES, v)
+        return registered_name(ADVANTAGES, v)
 
 
 class EvalConfig(Section):
