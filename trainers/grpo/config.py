@@ -5,7 +5,6 @@ import logging
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_core import PydanticCustomError
 
 from rewards import RewardSpec
 from rl.cluster import ClusterConfig, resolve_backend
@@ -17,12 +16,10 @@ from rollout.hf_engine import HFOptions
 from rollout.logprobs import ESTIMATORS
 from rollout.runners import RUNNERS
 from rollout.vllm_engine import VLLMOptions
-
-log = logging.getLogger("orchard")
 from trainers.advantages import ADVANTAGES
 from trainers.offpolicy import OffPolicyConfig
 
-
+log = logging.getLogger("orchard")
 
 
 class LoraConfig(Section):
