@@ -14,12 +14,14 @@ A masked-diffusion LM has no tractable log pi(completion | prompt); RL estimates
 
 What the GRPO loss then does (and what the papers' code leaves out):
 - the ratio is per token; for `cj_grpo` every token of a step shares its state, so this is the paper's per-step
-  ratio. The loss is the GRPO seq_mean_token_mean (1/|o| sum over tokens), which equals CJ-GRPO's
-  (1/S) sum_s (1/|U_s|) sum_{k in U_s} exactly when every step reveals the same number of tokens (uniform); with
-  ASS it weights the early small steps less than the paper does.
+  ratio. Each estimator's `loss_weights(batch, eos_ids)` multiplies the response mask before the update, and the
+  GRPO aggregation reads the mask's values as token weights: `cj_grpo` weights the token revealed at step s by
+  1/|U_s| (`step_weights`), so seq_mean_token_mean is CJ-GRPO's (1/S) sum_s (1/|U_s|) sum_{k in U_s} (with ASS the
+  one-token first step weighs as much as the half-canvas last one, as in the paper, not 1/L of it);
 - the choice of *positions* (top-k confidence) is outside the likelihood, as in both papers' code;
-- post-EOS canvas positions are part of the completion and of the loss (as CJ-GRPO's U_s; d1 stops at the first
-  EOS). They are kept because they are part of the states x_s the later steps are conditioned on.
+- post-EOS canvas positions: `cj_grpo` keeps them in the loss (as CJ-GRPO's U_s), because they are part of the
+  states x_s the later steps are conditioned on; `diffu_grpo` stops at the first EOS, as d1 does
+  (its `loss_weights` is `until_first_eos`). Either way the forward passes see the whole canvas.
 
 Both estimators' plain `logprobs(model, input_ids, attention_mask, prompt_len, temperature)` (what the
 weight-sync probe and `engine.score` call: no trajectory) is deterministic: `cj_grpo` scores every completion token
@@ -142,9 +144,32 @@ class DiffuGRPOEstimator(MaskedDiffusionEstimator):
     mask_per_iteration: bool = True
     behav_comparable: bool = False
 
+    def loss_weights(self, batch, eos_ids) -> torch.Tensor:
+        """[B, L] the canvas positions that train: up to and including the first EOS (d1's completion mask)."""
+        return until_first_eos(batch.input_ids[:, batch.prompt_len:], eos_ids)
+
     def batch_logprobs(self, model, batch, device, temperature: float, iteration: int = 0) -> torch.Tensor:
         return self.logprobs(model, batch.input_ids.to(device), batch.attention_mask.to(device), batch.prompt_len,
                              temperature, iteration)
+
+
+def until_first_eos(completion: torch.Tensor, eos_ids) -> torch.Tensor:
+    """[B, L] float: 1 at canvas positions up to and including the row's first EOS, 0 after it (a row with no EOS is
+    all 1). d1's `completion_mask`: diffu-GRPO's one-step estimate trains the answer, not the EOS fill after it."""
+    is_eos = torch.isin(completion, torch.tensor(sorted(eos_ids), dtype=completion.dtype, device=completion.device))
+    after = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # [B, L] strictly after the first EOS
+    return (~after).float()
+
+
+def step_weights(reveal_steps: torch.Tensor) -> torch.Tensor:
+    """[B, L] 1/|U_s| for the token revealed at step s (U_s: the row's positions revealed at s), 0 where the reveal step
+    is -1 (padding). A row's weighted token mean is then CJ-GRPO's (1/S) sum_s (1/|U_s|) sum_{k in U_s}."""
+    S = int(reveal_steps.max()) + 1
+    steps = reveal_steps.clamp(min=0)  # [B, L]
+    counts = torch.zeros((reveal_steps.shape[0], max(S, 1)), device=reveal_steps.device)  # [B, S]
+    counts.scatter_add_(1, steps, (reveal_steps >= 0).float())
+    w = 1.0 / counts.gather(1, steps).clamp(min=1)  # [B, L]
+    return torch.where(reveal_steps >= 0, w, torch.zeros_like(w))
 
 
 def trajectory_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
@@ -172,6 +197,13 @@ def trajectory_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
 @dataclass(frozen=True)
 class CJGRPOEstimator(MaskedDiffusionEstimator):
     """CJ-GRPO's per-step likelihood along the stored trajectory; see the module docstring."""
+
+    def loss_weights(self, batch, eos_ids) -> torch.Tensor:
+        """[B, L] 1/|U_s| per token (`step_weights`): the loss is the mean over denoising steps of each step's mean."""
+        if batch.reveal_steps is None:
+            raise ValueError("cj_grpo: the batch has no denoising trajectory (reveal_steps): generate it with "
+                             "rollout.engine=diffusion")
+        return step_weights(batch.reveal_steps)
 
     def batch_logprobs(self, model, batch, device, temperature: float, iteration: int = 0) -> torch.Tensor:
         if batch.reveal_steps is None:

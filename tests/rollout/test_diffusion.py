@@ -9,7 +9,7 @@ import torch
 from rl.errors import ConfigError
 from rollout.diffusion_engine import (DecodingOptions, DiffusionEngine, ass_schedule, block_plan, eos_gamma,
                                       uniform_schedule)
-from rollout.diffusion_logprobs import prompt_mask, trajectory_logprobs
+from rollout.diffusion_logprobs import prompt_mask, step_weights, trajectory_logprobs, until_first_eos
 from rollout.logprobs import ESTIMATORS
 from rollout.types import SamplingParams
 from trainers.grpo.batch import collate
@@ -182,3 +182,27 @@ def test_diffu_grpo_is_one_forward_with_the_completion_masked(tiny_mdlm_dir):
     logits[:, mid] = -math.inf
     ref = torch.log_softmax(logits, -1).gather(-1, ids[0, 3:, None]).squeeze(-1)
     assert torch.allclose(lp[0], ref, atol=1e-5)
+
+
+def test_diffu_grpo_trains_up_to_the_first_eos_and_cj_grpo_the_whole_canvas():
+    canvas = torch.tensor([[5, 2, 2, 3],   # EOS (2) at 1: its fill after it leaves the loss, the EOS itself stays
+                           [5, 6, 7, 8],   # no EOS: every position trains
+                           [9, 5, 7, 2]])  # a second EOS id (9) counts too
+    assert until_first_eos(canvas, {2, 9}).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert until_first_eos(canvas, {2}).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
+
+
+def test_cj_grpo_loss_is_the_mean_over_steps_of_each_steps_token_mean():
+    from trainers.grpo.loss import aggregate
+
+    # ASS on 8 positions: step 0 reveals 1, step 1 two, step 2 five; the second row is padded after 4 positions
+    reveal = torch.tensor([[2, 0, 1, 2, 2, 1, 2, 2], [1, 0, 1, 1, -1, -1, -1, -1]])
+    w = step_weights(reveal)
+    assert torch.allclose(w[0], torch.tensor([1 / 5, 1, 1 / 2, 1 / 5, 1 / 5, 1 / 2, 1 / 5, 1 / 5]))
+    assert torch.allclose(w[1], torch.tensor([1 / 3, 1, 1 / 3, 1 / 3, 0, 0, 0, 0]))
+    loss = torch.arange(16.0).view(2, 8)
+    row0 = (1 + (2 + 5) / 2 + (0 + 3 + 4 + 6 + 7) / 5) / 3  # (1/S) sum_s mean_{k in U_s}, by hand
+    row1 = (9 + (8 + 10 + 11) / 3) / 2
+    assert aggregate(loss, w, "seq_mean_token_mean").item() == pytest.approx((row0 + row1) / 2)
+    ones = (reveal >= 0).float()  # a plain 0/1 mask is the ordinary per-sequence token mean
+    assert aggregate(loss, ones, "seq_mean_token_mean").item() == pytest.approx((loss[0].mean() + 9.5) / 2)

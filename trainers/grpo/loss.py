@@ -54,17 +54,20 @@ class LossInputs:
 
 def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str, max_len: int | None = None) -> torch.Tensor:
     """Reduce a per-token loss [B, L] to a scalar over the tokens where mask > 0 (values elsewhere are ignored).
+    The mask's values weight the tokens: 1 for a plain response mask; an estimator's per-token weights otherwise
+    (`cj_grpo`: 1/|U_s|, so that the seq mean below is CJ-GRPO's per-step mean).
 
     - token_mean (DAPO): sum over all tokens / number of tokens.
     - seq_mean_token_mean (GRPO, DeepSeekMath): each sequence's token mean, then the mean over the B sequences.
     - seq_mean_token_sum_norm (Dr. GRPO; verl `loss_agg_mode`): each sequence's token sum / max_len (a constant),
       then the mean over the B sequences."""
     m = mask > 0  # [B, L]
-    masked = torch.where(m, loss_mat, torch.zeros_like(loss_mat))  # [B, L]
+    w = torch.where(m, mask.to(loss_mat.dtype), torch.zeros_like(loss_mat))  # [B, L] token weights
+    masked = torch.where(m, loss_mat, torch.zeros_like(loss_mat)) * w  # [B, L]
     if mode == "token_mean":
-        return masked.sum() / m.sum().clamp(min=1)
+        return masked.sum() / w.sum().clamp(min=1e-12)
     if mode == "seq_mean_token_mean":
-        return (masked.sum(dim=1) / m.sum(dim=1).clamp(min=1)).mean()  # mean of [B]
+        return (masked.sum(dim=1) / w.sum(dim=1).clamp(min=1e-12)).mean()  # mean of [B]
     if mode == "seq_mean_token_sum_norm":
         if max_len is None:
             raise ValueError("aggregation 'seq_mean_token_sum_norm' needs max_len (the constant normaliser)")

@@ -22,6 +22,8 @@ from rl.errors import OrchardError, RewardError
 from rl.jobkit import Start, checkpoint, evaluate_before, make_tracker, start, summarize, write_state
 from rl.rundir import RunDir, atomic_write_text
 from rl.zoo import resolve_model_path
+from rollout.hf_engine import eos_token_ids
+from rollout.logprobs import ESTIMATORS
 from rollout.staleness import staleness_metrics
 from rollout.types import Sample, SamplingParams
 from trainers.advantages import ADVANTAGES, zero_std_groups
@@ -123,6 +125,8 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, job: Start, inputs: In
     reward_set = inputs.reward_set
     advantage_fn = ADVANTAGES.get(t.advantage)
     G = r.num_generations
+    loss_weights = getattr(ESTIMATORS.get(cfg.model.estimator), "loss_weights", None)  # masked-diffusion estimators
+    eos_ids = eos_token_ids(str(model_dir), tok) if loss_weights else set()
 
     def score_fn(task, trajectories):
         rows = [train_rows[i] for i in task.prompt_indices]
@@ -207,6 +211,8 @@ def _train(cfg: GRPOConfig, run: RunDir, model_dir: Path, job: Start, inputs: In
             adv = advantage_fn(rewards_t, gids_t, valid_t)  # [B]
             batch = collate(samples, adv, rewards_t, gids_t, tok.pad_token_id)
             batch.response_mask *= valid_t[:, None].float()  # dropped samples do not train
+            if loss_weights:  # which canvas positions train, and how much (diffu_grpo: up to the EOS; cj_grpo: 1/|U_s|)
+                batch.response_mask *= loss_weights(batch, eos_ids)
             versions = [v[k].tolist() for v, k in zip(batch.versions, batch.response_mask > 0)]  # tokens that train
             m.update(staleness_metrics(versions, step, cfg.max_staleness))
             # update
