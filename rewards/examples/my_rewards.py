@@ -32,3 +32,16 @@ def close_enough(prompts: list[str], completions: list[str], answer: list[str], 
             continue
         out.append(1.0 if diff == 0 else 0.5 if diff == 1 else 0.0)
     return out
+
+
+def final_sum(prompts: list[str], completions: list[str], a: list[int], b: list[int], **columns) -> list[float]:
+    """For `arith_trace` (written traces such as `7+5=12,c1,3+4+1=8,82`): 1.0 when the trace's last field is a + b,
+    whatever the steps before it say; 0.0 otherwise. The dataset's `a` and `b` columns arrive as keyword arguments.
+
+        rl train configs/cj_grpo_tiny.yaml reward=rewards/examples/my_rewards.py:final_sum
+    """
+    out = []
+    for completion, x, y in zip(completions, a, b):
+        last = completion.strip().split(",")[-1]
+        out.append(1.0 if last.isdigit() and int(last) == x + y else 0.0)
+    return out

@@ -106,6 +106,6 @@ def run(args) -> dict:
                 if training else "No --runs given: no training table.\n")
              + "\nGoal (>= 3x fewer forwards than uniform L-step, <= 1 point accuracy loss): "
              + ", ".join(f"{k}: {'met' if v['met'] else 'missed'} ({v['fewer_forwards_x']:.2f}x, "
-                         f"{v['accuracy_loss_points']:+.1f} pts)" for k, v in goal.items()) + "\n")
+                         f"accuracy {-v['accuracy_loss_points']:+.1f} points)" for k, v in goal.items()) + "\n")
     write_report("diffusion", decoding, args.out, extra={"training": training, "goal": goal}, notes=notes)
     return {"decoding": decoding, "training": training, "goal": goal}

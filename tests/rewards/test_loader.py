@@ -98,3 +98,10 @@ def test_shipped_example_loads_and_scores():
     name, fn = load_reward_fn(f"{example}:close_enough")
     got = fn(prompts=["p"] * 5, completions=["12", " 13", "10", "twelve", "1"], answer=["12", "12", "12", "12", "n/a"])
     assert name == "close_enough" and got == [1.0, 0.5, 0.0, 0.0, None]
+
+
+def test_shipped_trace_reward_checks_only_the_final_sum():
+    example = Path(__file__).parents[2] / "rewards" / "examples" / "my_rewards.py"
+    _, fn = load_reward_fn(f"{example}:final_sum")
+    traces = ["7+5=12,c1,3+4+1=8,82", "7+5=12,c0,3+4=7,82", "7+5=12,c1,3+4+1=8,72", "7+5=12,c1,"]
+    assert fn(prompts=["37+45="] * 4, completions=traces, a=[37] * 4, b=[45] * 4) == [1.0, 1.0, 0.0, 0.0]
