@@ -37,7 +37,7 @@ class LossInputs:
     old_logprobs: torch.Tensor  # [B, L] old / proximal policy: recomputed at step start, or behav_logprobs for one epoch
     behav_logprobs: torch.Tensor  # [B, L] behaviour policy (the rollout engine)
     advantages: torch.Tensor  # [B] one per sequence, broadcast over its tokens
-    response_mask: torch.Tensor  # [B, L] float, 1 for tokens that count in the loss
+    response_mask: torch.Tensor  # [B, L] float, > 0 for tokens that count in the loss (the value weights them)
     ref_logprobs: torch.Tensor | None = None  # [B, L] reference policy, for the KL penalty
 
     def __post_init__(self):
