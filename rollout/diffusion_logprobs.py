@@ -194,23 +194,25 @@ def trajectory_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     return out
 
 
+def _reveal_steps(batch) -> torch.Tensor:
+    """The batch's denoising trajectory [B, L] (what cj_grpo scores and weights), or a named error without one."""
+    if batch.reveal_steps is None:
+        raise ValueError("cj_grpo: the batch has no denoising trajectory (reveal_steps): generate it with "
+                         "rollout.engine=diffusion")
+    return batch.reveal_steps
+
+
 @dataclass(frozen=True)
 class CJGRPOEstimator(MaskedDiffusionEstimator):
     """CJ-GRPO's per-step likelihood along the stored trajectory; see the module docstring."""
 
     def loss_weights(self, batch, eos_ids) -> torch.Tensor:
         """[B, L] 1/|U_s| per token (`step_weights`): the loss is the mean over denoising steps of each step's mean."""
-        if batch.reveal_steps is None:
-            raise ValueError("cj_grpo: the batch has no denoising trajectory (reveal_steps): generate it with "
-                             "rollout.engine=diffusion")
-        return step_weights(batch.reveal_steps)
+        return step_weights(_reveal_steps(batch))
 
     def batch_logprobs(self, model, batch, device, temperature: float, iteration: int = 0) -> torch.Tensor:
-        if batch.reveal_steps is None:
-            raise ValueError("cj_grpo: the batch has no denoising trajectory (reveal_steps): generate it with "
-                             "rollout.engine=diffusion")
         return trajectory_logprobs(model, batch.input_ids.to(device), batch.attention_mask.to(device),
-                                   batch.prompt_len, batch.reveal_steps.to(device), temperature)
+                                   batch.prompt_len, _reveal_steps(batch).to(device), temperature)
 
 
 ESTIMATORS.register("diffu_grpo")(DiffuGRPOEstimator())

@@ -13,7 +13,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from rl.zoo import MODELS, ArchSpec, ZooBuildError, ZooModel, build_tokenizer, llama_config
+from rl.zoo import MODELS, ArchSpec, ZooModel, build_tokenizer, llama_config
+from trainers.sft.warm_start import check_band
 
 MASK = "[MASK]"
 CANVAS = 32
@@ -121,15 +122,9 @@ def check_tiny_mdlm(out_dir: Path, seed: int, record: dict) -> dict:
     """zoo.json's `held_out` and `band`, or ZooBuildError (nothing cached) outside the band."""
     b = TINY_MDLM_BAND
     q = held_out_quality(out_dir, b["problems"], b["k"])
-    g, p, pc = q["greedy_accuracy"], q[f"pass@{b['k']}"], q[f"pass@{b['k']}_carry"]
-    if not (b["greedy_min"] <= g <= b["greedy_max"] and p >= b["pass_at_k_min"] and pc >= b["carry_pass_at_k_min"]):
-        raise ZooBuildError(
-            f"zoo model 'tiny-mdlm' (seed {seed}) built outside its band: greedy held-out accuracy {g:.3f} (expected "
-            f"{b['greedy_min']:.2f}-{b['greedy_max']:.2f}), pass@{b['k']} {p:.3f} (expected >= {b['pass_at_k_min']:.2f})"
-            f", pass@{b['k']} on carrying problems {pc:.3f} (expected >= {b['carry_pass_at_k_min']:.2f}); final SFT "
-            f"loss {record.get('final_sft_loss', float('nan')):.3f}. The model was not cached: please "
-            f"report it (recipe: trainers/sft/tiny_mdlm.py TINY_MDLM_SFT)")
-    return {"held_out": q, "band": b}
+    return check_band("tiny-mdlm", seed, q, b, record, "trainers/sft/tiny_mdlm.py TINY_MDLM_SFT",
+                      floors={f"pass@{b['k']} on carrying problems": (q[f"pass@{b['k']}_carry"],
+                                                                        b["carry_pass_at_k_min"])})
 
 
 MODELS.register("tiny-mdlm")(ZooModel(

@@ -70,16 +70,21 @@ def held_out_quality(model_dir: Path, dataset: str, problems: int, k: int, corre
             f"pass@{k}": sum(any(h) for h in per_problem) / len(rows), "sample_accuracy": sum(sampled) / len(sampled)}
 
 
-def check_band(name: str, seed: int, quality: dict, band: dict, record: dict, recipe_ref: str) -> dict:
+def check_band(name: str, seed: int, quality: dict, band: dict, record: dict, recipe_ref: str,
+               floors: dict[str, tuple[float, float]] | None = None) -> dict:
     """zoo.json's `held_out` and `band`, or ZooBuildError (nothing is cached) if `quality` is outside `band`:
-    greedy accuracy within [greedy_min, greedy_max] and pass@k >= pass_at_k_min."""
+    greedy accuracy within [greedy_min, greedy_max] and pass@k >= pass_at_k_min, and every extra
+    `floors[label] = (measured, minimum)` met (e.g. tiny-mdlm's pass@k on the problems whose units carry)."""
     b = band
     g, p = quality["greedy_accuracy"], quality[f"pass@{b['k']}"]
-    if not (b["greedy_min"] <= g <= b["greedy_max"] and p >= b["pass_at_k_min"]):
+    floors = floors or {}
+    extra = "".join(f", {label} {v:.3f} (expected >= {lo:.2f})" for label, (v, lo) in floors.items())
+    if not (b["greedy_min"] <= g <= b["greedy_max"] and p >= b["pass_at_k_min"]
+            and all(v >= lo for v, lo in floors.values())):
         raise ZooBuildError(
             f"zoo model '{name}' (seed {seed}) built outside its band: greedy held-out accuracy {g:.3f} (expected "
-            f"{b['greedy_min']:.2f}-{b['greedy_max']:.2f}), pass@{b['k']} {p:.3f} (expected >= {b['pass_at_k_min']:.2f}) "
-            f"on {quality['problems']} held-out problems; final SFT loss "
+            f"{b['greedy_min']:.2f}-{b['greedy_max']:.2f}), pass@{b['k']} {p:.3f} (expected >= {b['pass_at_k_min']:.2f})"
+            f"{extra} on {quality['problems']} held-out problems; final SFT loss "
             f"{record.get('final_sft_loss', float('nan')):.3f}. The model was not cached. This is a bug in the "
             f"warm-start recipe ({recipe_ref}): please report it with this message")
     return {"held_out": quality, "band": b}
