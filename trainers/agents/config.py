@@ -19,6 +19,18 @@ class PolicyConfig(Section):
     """Adam learning rate of the policy."""
     max_grad_norm: float = Field(1.0, gt=0)
     """Gradient-norm clip of every policy step."""
+    kl_coef: float = Field(0.0, ge=0)
+    """agent_grpo and archer: + kl_coef x the k3 KL of the policy to its initial weights (`policy.path`, frozen), on
+    the policy tokens of the loss: an anchor against forgetting what RL never trains on (twenty_questions: the test
+    objects the model knows only from its warm start, which a KL on the RL episodes does not protect: see ptx_coef).
+    0: no reference model is kept."""
+    ptx_coef: float = Field(0.0, ge=0)
+    """Every policy step (all three trainers) adds ptx_coef x the NLL of a batch of `ptx_data` episodes (PPO-ptx,
+    `trainers/agents/ptx.py`): keeps what the warm start taught beyond the training split."""
+    ptx_data: str = "warm_start"
+    """ptx episodes: "warm_start" (the zoo policy's own warm-start episodes) or a JSONL file of episodes."""
+    ptx_batch_size: int = Field(16, ge=1)
+    """ptx episodes per policy step."""
 
 
 class AgentRollout(Section):
@@ -45,12 +57,17 @@ class AgentRollout(Section):
 
 class EvalConfig(Section):
     episodes: int = Field(64, ge=1)
-    """Held-out episodes: one greedy episode per seed 0..episodes-1 of the eval env (the same ones every time)."""
+    """Held-out episodes: one episode per seed 0..episodes-1 of the eval env (the same ones every time; greedy, or
+    sampled at `eval.temperature` with a fixed sampling seed)."""
     split: str = "test"
     """The eval env's `split` (passed only to envs whose constructor takes one; twenty_questions: objects never
     hidden during training). Eval seeds are 10**6 + i, outside the training seeds' range, for every env."""
     every: int = Field(5, ge=1)
     """Evaluate every N iterations (and before the first and after the last)."""
+    temperature: float = Field(0.0, ge=0)
+    """0: greedy. With a deterministic env a greedy policy plays one episode per hidden object (twenty_questions'
+    test split has 8 objects: 64 greedy episodes are 8 distinct ones, repeated); > 0 samples (seeded) and measures
+    the stochastic policy that training improves."""
 
 
 class GRPOSection(OffPolicyConfig):
@@ -64,7 +81,10 @@ class GRPOSection(OffPolicyConfig):
     group_size: int = Field(8, ge=2)
     """G: episodes per env seed; the advantage is the episode return normalised within its group."""
     clip_eps: float = Field(0.2, gt=0)
-    """PPO clip of the token ratio (one update per batch: the ratio starts at 1)."""
+    """PPO clip of the token ratio."""
+    epochs: int = Field(1, ge=1)
+    """Update steps per batch of episodes (DeepSeekMath's mu; every step on the whole batch, the ratio clipped
+    against the behaviour log-probs, or the proximal policy of the first step under a correction)."""
     loss_agg: Literal["episode_mean", "token_mean"] = "episode_mean"
     """How token terms are averaged (`trainers.agents.loss.grpo_episode_loss`)."""
 

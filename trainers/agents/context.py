@@ -32,6 +32,12 @@ class AgentContext:
     runner: MultiTurnRunner
     eval_runner: MultiTurnRunner
     version: int = 0
+    ref: torch.nn.Module | None = None
+    """The frozen initial policy (only when policy.kl_coef > 0)."""
+    ptx: object | None = None
+    """`trainers.agents.ptx.PtxReplay` (only when policy.ptx_coef > 0)."""
+    step_metrics: dict | None = None
+    """The last policy step's extra metrics (loss/ptx)."""
 
     @property
     def tok(self):
@@ -49,7 +55,7 @@ class AgentContext:
     def evaluate(self) -> dict:
         e = self.cfg.eval
         return evaluate_agent(self.engine, self.eval_runner, [EVAL_SEED0 + i for i in range(e.episodes)],
-                              self.cfg.rollout.max_new_tokens)
+                              self.cfg.rollout.max_new_tokens, temperature=e.temperature)
 
     def sample_actions(self, state_ids: list[list[int]], seed: int) -> tuple[list[list[int]], list[str]]:
         """Fresh utterances a_pi ~ pi(.|s) from the engine at the given states (ids, texts)."""
@@ -57,17 +63,35 @@ class AgentContext:
         ids = [s.completion_ids for s in out]
         return ids, [self.tok.decode(i, skip_special_tokens=True).strip() for i in ids]
 
-    def utterance_logprobs(self, state_ids: list[list[int]], action_ids: list[list[int]]):
+    def utterance_logprobs(self, state_ids: list[list[int]], action_ids: list[list[int]], model=None):
         """([B, L] differentiable log pi (at the rollout temperature) of each utterance token given its state, [B, L]
-        mask)."""
+        mask); `model` defaults to the policy."""
         ids, attn, P = left_pad(state_ids, action_ids, self.engine.pad_id)
-        lp = policy_logprobs(self.policy, ids, attn, P, self.cfg.rollout.temperature)  # [B, L]
+        lp = policy_logprobs(model if model is not None else self.policy, ids, attn, P, self.cfg.rollout.temperature)  # [B, L]
         mask = torch.zeros_like(lp)
         for i, a in enumerate(action_ids):
             mask[i, :len(a)] = 1
         return lp, mask
 
+    def kl_penalty(self, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, agg: str
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
+        """kl_coef x k3 KL(pi || ref) over the mask's tokens ([B, T] each), averaged as `agg` (episode_mean: per row,
+        then over rows; token_mean: over all tokens), and its metric."""
+        from trainers.grpo.loss import k3
+
+        kl = k3(ref_logprobs, logprobs) * mask  # [B, T]
+        if agg == "episode_mean":
+            kl = (kl.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+        else:
+            kl = kl.sum() / mask.sum().clamp(min=1)
+        return self.cfg.policy.kl_coef * kl, {"loss/kl": kl.item()}
+
     def policy_step(self, loss: torch.Tensor) -> float:
+        """One optimizer step on `loss` (+ ptx_coef x the ptx NLL); returns the gradient norm before clipping."""
+        if self.ptx is not None:
+            nll = self.ptx.nll(self.policy)
+            loss = loss + self.cfg.policy.ptx_coef * nll
+            self.step_metrics = {"loss/ptx": nll.item()}
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.policy.max_grad_norm)
@@ -96,4 +120,15 @@ def build_context(cfg: AgentConfig, policy_dir: Path | None = None) -> AgentCont
         return MultiTurnRunner(env=cfg.env, env_kwargs=cfg.env_kwargs_for(split), tokenizer_path=str(model_dir),
                                max_turns=r.max_turns, on_error=r.on_error, max_context=max_context)
 
-    return AgentContext(cfg, Path(model_dir), policy, opt, engine, runner(cfg.split), runner(cfg.eval.split))
+    ref = None
+    if cfg.policy.kl_coef > 0:
+        ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval().requires_grad_(False)
+    ptx = None
+    train_runner = runner(cfg.split)
+    if cfg.policy.ptx_coef > 0:
+        from trainers.agents.ptx import PtxReplay
+
+        init_dir = resolve_model_path(cfg.policy.path, key="policy.path")  # the warm start, also on resume / eval
+        ptx = PtxReplay(train_runner, cfg.policy.ptx_data, init_dir, cfg.policy.ptx_batch_size, cfg.seed)
+    return AgentContext(cfg, Path(model_dir), policy, opt, engine, train_runner, runner(cfg.eval.split), ref=ref,
+                        ptx=ptx)

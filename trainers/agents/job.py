@@ -67,6 +67,8 @@ def _train(cfg: AgentConfig, run: RunDir, policy_dir: Path) -> dict:
         ctx.policy.load_state_dict(torch.load(job.path / "policy.pt", weights_only=True))
         ctx.opt.load_state_dict(state["policy_opt"])
         learner.load_state_dict(state["learner"])
+        if ctx.ptx is not None:
+            ctx.ptx.load_state_dict(state["ptx"])
         ctx.version = state["version"] - 1
         ctx.sync()  # the engine serves the restored policy, at the version it had
     rollouts = tracker = None
@@ -83,6 +85,7 @@ def _train(cfg: AgentConfig, run: RunDir, policy_dir: Path) -> dict:
             t0 = time.time()
             trajs, metrics = rollouts.collect(it)  # --- episodes from the workers (env stepped beside the engine)
             metrics.update(learner.update(trajs, it))  # --- the learner's losses and steps (it syncs the engine)
+            metrics.update(ctx.step_metrics or {})
             rollouts.publish(it, metrics)  # --- policy version `it` to the workers (+ the probe check)
             episodes += len(trajs)
             metrics.update({"episodes": episodes, "policy/version": ctx.version, "perf/iter_s": time.time() - t0})
@@ -97,7 +100,8 @@ def _train(cfg: AgentConfig, run: RunDir, policy_dir: Path) -> dict:
                 torch.save(ctx.policy.state_dict(), d / "policy.pt")  # exact restore (the HF copy is for `rl eval`)
                 write_state(d / "state.pt", {"policy_opt": ctx.opt.state_dict(), "learner": learner.state_dict(),
                                              "version": ctx.version, "episodes": episodes, "eval_before": before,
-                                             "last_eval": last_eval, "rollouts": rollouts.state_dict()})
+                                             "last_eval": last_eval, "rollouts": rollouts.state_dict(),
+                                             **({"ptx": ctx.ptx.state_dict()} if ctx.ptx is not None else {})})
 
             checkpoint(run, it, cfg.iterations, cfg.checkpoint, write)
         ledger = rollouts.ledger

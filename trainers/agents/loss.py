@@ -12,8 +12,8 @@ from trainers.offpolicy import OFFPOLICY, OffPolicySettings
 
 def grpo_episode_loss(logprobs: torch.Tensor, behav_logprobs: torch.Tensor, advantages: torch.Tensor,
                       mask: torch.Tensor, clip_eps: float = 0.2, agg: str = "episode_mean",
-                      correction: str = "none", settings: OffPolicySettings | None = None
-                      ) -> tuple[torch.Tensor, dict[str, float]]:
+                      correction: str = "none", settings: OffPolicySettings | None = None,
+                      prox_logprobs: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Multi-turn GRPO (the peers' baseline): every policy token of episode b gets its episode's advantage
     `advantages[b]` (from the episode return, `trainers.advantages.grpo_advantage` over the G episodes of one env
     seed); PPO's clipped ratio.
@@ -22,7 +22,8 @@ def grpo_episode_loss(logprobs: torch.Tensor, behav_logprobs: torch.Tensor, adva
     correction (`trainers.offpolicy.OFFPOLICY`, read with `settings`): the ratio is pi / pi_prox with the proximal
     policy the trainer's own at this update (one step per batch: `logprobs` detached, so the ratio starts at 1), and
     each token's surrogate is multiplied by the correction's weight (decoupled PPO: pi_prox / pi_behav); tokens it
-    drops add 0 but stay in the normaliser.
+    drops add 0 but stay in the normaliser. `prox_logprobs` [B, S]: the proximal policy's log-probs when this is not
+    the batch's first update step (agent_grpo `grpo.epochs` > 1: the trainer's policy before the batch's first step).
 
     agg "episode_mean" (GRPO's 1/G sum_i 1/|o_i| sum_t, per episode):
         loss = -mean_b [ sum_k mask * w * min(ratio * A_b, clip(ratio, 1-eps, 1+eps) * A_b) / sum_k mask ]
@@ -35,9 +36,9 @@ def grpo_episode_loss(logprobs: torch.Tensor, behav_logprobs: torch.Tensor, adva
         ratio = torch.exp(logprobs - behav_logprobs)  # [B, S]
         weights, keep = torch.ones_like(ratio), mask  # [B, S]
     else:
-        prox = logprobs.detach()  # [B, S]
+        prox = logprobs.detach() if prox_logprobs is None else prox_logprobs  # [B, S]
         weights, keep, metrics = OFFPOLICY.get(correction)(prox, behav_logprobs, mask, settings)  # [B, S] each
-        ratio = torch.exp(logprobs - prox)  # [B, S] 1 in value; its gradient is grad log pi
+        ratio = torch.exp(logprobs - prox)  # [B, S] 1 at the first step; its gradient is grad log pi
     surr = torch.minimum(ratio * A, ratio.clamp(1 - clip_eps, 1 + clip_eps) * A)  # [B, S]
     surr = torch.where(keep > 0, surr * weights, torch.zeros_like(surr))  # [B, S] dropped tokens add 0
     n = mask.sum().clamp(min=1)

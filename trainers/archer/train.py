@@ -66,6 +66,11 @@ class Archer:
                 adv = utterance_advantage(q1, q2, v1, v2)  # [B]
                 lp, mask = ctx.utterance_logprobs([t.state_ids for t in b], ids)
                 loss, am = actor_loss(lp, mask, adv)
+                if ctx.ref is not None:
+                    with torch.no_grad():
+                        ref, _ = ctx.utterance_logprobs([t.state_ids for t in b], ids, model=ctx.ref)
+                    kl, km = ctx.kl_penalty(lp, ref, mask, "episode_mean")
+                    loss, am = loss + kl, {**am, **km}
                 am["grad_norm/policy"] = ctx.policy_step(loss)
                 ctx.sync()
             m.update(am)

@@ -158,6 +158,13 @@ def build_tiny_encoder(out_dir: Path, seed: int) -> dict:
     return {}
 
 
+def _register_warm_start() -> None:
+    from trainers.agents.ptx import WARM_START_EPISODES
+
+    WARM_START_EPISODES.register("tiny-agent")(lambda: knowledge_episodes(TINY_AGENT_SFT["env"]))
+
+
+_register_warm_start()
 MODELS.register("tiny-agent")(ZooModel(
     build=build_tiny_agent, check=check_tiny_agent,
     recipe={"kind": "sft-agent", "arch": asdict(AGENT_ARCH), "sft": TINY_AGENT_SFT, "band": TINY_AGENT_BAND,

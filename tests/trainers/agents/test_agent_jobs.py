@@ -30,8 +30,20 @@ def policy_state(run_dir: Path, step: int) -> dict:
     return torch.load(run_dir / "checkpoints" / f"step-{step}" / "policy.pt", weights_only=True)
 
 
+def ptx_file(tmp_path) -> list[str]:
+    """PPO-ptx on two demonstration episodes of CountDown (a JSONL file of episodes)."""
+    import json
+
+    f = tmp_path / "demos.jsonl"
+    f.write_text("".join(json.dumps({"episode": [["", f"count down from {n}\n"], *[[str(k), f"{k - 1}\n"]
+                                                                                  for k in range(n, 0, -1)]]}) + "\n"
+                         for n in (2, 3)))
+    return ["policy.ptx_coef=0.5", f"policy.ptx_data={f}", "policy.ptx_batch_size=2"]
+
+
 def test_archer_user_env_trains_checkpoints_resumes_and_evaluates(tmp_path):
-    full = launch("configs/archer_twenty_questions.yaml", [*TINY, *user_env(), f"run_dir={tmp_path / 'full'}"])
+    full = launch("configs/archer_twenty_questions.yaml", [*TINY, *user_env(), *ptx_file(tmp_path),
+                                                           f"run_dir={tmp_path / 'full'}"])
     assert full["episodes"] == 12 and full["algo"] == "archer"
     state = torch.load(tmp_path / "full" / "checkpoints" / "step-3" / "state.pt", weights_only=False)
     assert set(state["learner"]) == {"critic", "target", "critic_opt", "buffer", "rng"}
@@ -39,9 +51,14 @@ def test_archer_user_env_trains_checkpoints_resumes_and_evaluates(tmp_path):
     # the actor trained after the warm-up: iteration 1 (warm-up) left the policy alone, later ones moved it
     p1, p3 = policy_state(tmp_path / "full", 1), policy_state(tmp_path / "full", 3)
     assert any(not torch.equal(p1[k], p3[k]) for k in p1)
+    import json
+
+    logged = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    ptx = [m["loss/ptx"] for m in logged if "loss/ptx" in m]
+    assert len(ptx) == 2 and all(v > 0 for v in ptx)  # iterations 2 and 3 took actor steps, each with the ptx term
 
     # stop after 2 iterations, resume to 3: the same final policy and critic as the uninterrupted run
-    launch("configs/archer_twenty_questions.yaml", [*TINY, *user_env(), "iterations=2",
+    launch("configs/archer_twenty_questions.yaml", [*TINY, *user_env(), *ptx_file(tmp_path), "iterations=2",
                                                      f"run_dir={tmp_path / 'cut'}"])
     launch(None, ["iterations=3"], resume=str(tmp_path / "cut"))
     a, b = policy_state(tmp_path / "full", 3), policy_state(tmp_path / "cut", 3)
@@ -60,6 +77,7 @@ def test_archer_user_env_trains_checkpoints_resumes_and_evaluates(tmp_path):
 @pytest.mark.parametrize("algo", ["agent_grpo", "filtered_bc"])
 def test_grpo_and_filtered_bc_tiny_jobs(tmp_path, algo):
     s = launch("configs/grpo_agent_guess.yaml", [*TINY, f"algo={algo}", "iterations=2", "env_kwargs={max_turns: 3}",
+                                                 "policy.kl_coef=0.1", "grpo.epochs=2",
                                                  f"run_dir={tmp_path}"])
     assert s["algo"] == algo and s["episodes"] == 8
 

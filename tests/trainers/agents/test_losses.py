@@ -107,6 +107,39 @@ def test_grpo_episode_loss_with_decoupled_ppo_by_hand():
     assert grpo_episode_loss(lp, behav, adv, mask)[0].item() != pytest.approx(4.5)
 
 
+def test_grpo_episode_loss_later_epochs_clip_against_the_first_steps_policy():
+    """grpo.epochs > 1 under a correction: the ratio is pi / pi_prox with pi_prox the policy before the batch's first
+    step, so a policy that moved past 1 +- eps on a positive-advantage token is clipped (no gradient there)."""
+    from types import SimpleNamespace
+
+    prox = torch.log(torch.tensor([[0.5, 0.5]]))
+    lp = torch.log(torch.tensor([[0.75, 0.5]])).requires_grad_()  # token 0 moved: ratio 1.5
+    behav, mask, adv = prox.clone(), torch.ones(1, 2), torch.tensor([1.0])
+    s = SimpleNamespace(behav_weight_cap=None)
+    loss, m = grpo_episode_loss(lp, behav, adv, mask, clip_eps=0.2, correction="decoupled", settings=s,
+                                prox_logprobs=prox)
+    assert loss.item() == pytest.approx(-(1.2 + 1.0) / 2) and m["loss/clipfrac"] == pytest.approx(0.5)
+    loss.backward()
+    assert lp.grad[0, 0].item() == 0.0 and lp.grad[0, 1].item() == pytest.approx(-0.5)
+
+
+def test_kl_penalty_is_coef_times_k3_over_policy_tokens():
+    from trainers.agents.context import AgentContext
+    from trainers.agents.config import AgentConfig
+
+    ctx = AgentContext.__new__(AgentContext)
+    ctx.cfg = AgentConfig(policy={"kl_coef": 0.5})
+    lp = torch.log(torch.tensor([[0.5, 0.5, 0.9], [0.25, 0.9, 0.9]]))
+    ref = torch.log(torch.tensor([[0.25, 0.5, 0.1], [0.5, 0.1, 0.9]]))
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    k3 = lambda r, p: r / p - math.log(r / p) - 1  # noqa: E731 per token, at tokens sampled from pi
+    row0, row1 = (k3(0.25, 0.5) + 0.0) / 2, k3(0.5, 0.25)
+    kl, m = ctx.kl_penalty(lp, ref, mask, "episode_mean")
+    assert m["loss/kl"] == pytest.approx((row0 + row1) / 2) and kl.item() == pytest.approx(0.5 * (row0 + row1) / 2)
+    kl, m = ctx.kl_penalty(lp, ref, mask, "token_mean")
+    assert m["loss/kl"] == pytest.approx((k3(0.25, 0.5) + k3(0.5, 0.25)) / 3)
+
+
 def test_agent_grpo_resolves_its_correction_from_max_staleness():
     from rl.config import load_config
 
@@ -133,3 +166,37 @@ def test_replay_buffer_ring_and_state():
     copy.load_state_dict(buf.state_dict())
     assert copy.items == buf.items and copy.next == buf.next
     assert all(t in buf.items for t in buf.sample(10, np.random.default_rng(0)))
+
+
+def test_ptx_data_errors_name_the_file_and_line(tmp_path):
+    from rl.errors import ConfigError
+    from trainers.agents.ptx import load_episodes
+
+    with pytest.raises(ConfigError, match="policy.ptx_data: no such file"):
+        load_episodes(str(tmp_path / "none.jsonl"), tmp_path)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"episode": [["", "hi\\n"], ["a", "b"]]}\n{"turns": []}\n')
+    with pytest.raises(ConfigError, match=r"bad.jsonl:2: expected"):
+        load_episodes(str(bad), tmp_path)
+    with pytest.raises(ConfigError, match="'warm_start' needs a zoo policy"):
+        load_episodes("warm_start", tmp_path)
+    bad.write_text('{"episode": [["", "hi\\n"], ["a", "b"]]}\n')
+    assert load_episodes(str(bad), tmp_path) == [[("", "hi\n"), ("a", "b")]]
+
+
+def test_ptx_nll_is_the_mean_nll_of_the_utterance_tokens():
+    """PtxReplay.nll by hand: a model whose log-probs are known, one episode, mask on its utterance tokens only."""
+    from trainers.agents.ptx import PtxReplay
+
+    class Fixed(torch.nn.Module):  # p(3) = 3 / 9 = 1/3 and p(other) = 1/9 of 7 tokens, at every position
+        def forward(self, input_ids, attention_mask, use_cache=False):
+            from types import SimpleNamespace
+            logits = torch.zeros(*input_ids.shape, 7)
+            logits[..., 3] = math.log(3)
+            return SimpleNamespace(logits=logits)
+
+    r = PtxReplay.__new__(PtxReplay)
+    r.ids, r.attn = torch.tensor([[1, 2, 3, 4]]), torch.ones(1, 4, dtype=torch.long)
+    r.mask, r.batch_size, r.gen = torch.tensor([[0.0, 0.0, 1.0, 1.0]]), 3, torch.Generator().manual_seed(0)
+    # tokens 3 (p 1/3) and 4 (p 1/9) are in the loss; token 2 (position 1) is masked out
+    assert r.nll(Fixed()).item() == pytest.approx((math.log(3) + math.log(9)) / 2)
