@@ -20,6 +20,8 @@ from trainers.agents.evaluate import evaluate_agent
 
 EVAL_SEED0 = 10**6
 """Held-out episodes use seeds EVAL_SEED0 + i; training seeds are drawn below it."""
+AGG = {"episode_mean": "seq_mean_token_mean", "token_mean": "token_mean"}
+"""The agent losses' aggregation names -> `trainers.grpo.loss.aggregate`'s."""
 
 
 @dataclass
@@ -67,7 +69,8 @@ class AgentContext:
         """([B, L] differentiable log pi (at the rollout temperature) of each utterance token given its state, [B, L]
         mask); `model` defaults to the policy."""
         ids, attn, P = left_pad(state_ids, action_ids, self.engine.pad_id)
-        lp = policy_logprobs(model if model is not None else self.policy, ids, attn, P, self.cfg.rollout.temperature)  # [B, L]
+        model = self.policy if model is None else model
+        lp = policy_logprobs(model, ids, attn, P, self.cfg.rollout.temperature)  # [B, L]
         mask = torch.zeros_like(lp)
         for i, a in enumerate(action_ids):
             mask[i, :len(a)] = 1
@@ -77,13 +80,9 @@ class AgentContext:
                    ) -> tuple[torch.Tensor, dict[str, float]]:
         """kl_coef x k3 KL(pi || ref) over the mask's tokens ([B, T] each), averaged as `agg` (episode_mean: per row,
         then over rows; token_mean: over all tokens), and its metric."""
-        from trainers.grpo.loss import k3
+        from trainers.grpo.loss import aggregate, k3
 
-        kl = k3(ref_logprobs, logprobs) * mask  # [B, T]
-        if agg == "episode_mean":
-            kl = (kl.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
-        else:
-            kl = kl.sum() / mask.sum().clamp(min=1)
+        kl = aggregate(k3(ref_logprobs, logprobs), mask, AGG[agg])
         return self.cfg.policy.kl_coef * kl, {"loss/kl": kl.item()}
 
     def policy_step(self, loss: torch.Tensor) -> float:
@@ -120,15 +119,18 @@ def build_context(cfg: AgentConfig, policy_dir: Path | None = None) -> AgentCont
         return MultiTurnRunner(env=cfg.env, env_kwargs=cfg.env_kwargs_for(split), tokenizer_path=str(model_dir),
                                max_turns=r.max_turns, on_error=r.on_error, max_context=max_context)
 
-    ref = None
-    if cfg.policy.kl_coef > 0:
-        ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval().requires_grad_(False)
-    ptx = None
-    train_runner = runner(cfg.split)
-    if cfg.policy.ptx_coef > 0:
+    return AgentContext(cfg, Path(model_dir), policy, opt, engine, runner(cfg.split), runner(cfg.eval.split))
+
+
+def attach_anchors(ctx: AgentContext) -> None:
+    """Training only, right after `build_context` (before a resumed run loads its policy): the frozen reference
+    (policy.kl_coef > 0: a copy of the warm start already in memory) and the ptx episodes (policy.ptx_coef > 0)."""
+    import copy
+
+    p = ctx.cfg.policy
+    if p.kl_coef > 0:
+        ctx.ref = copy.deepcopy(ctx.policy).eval().requires_grad_(False)
+    if p.ptx_coef > 0:
         from trainers.agents.ptx import PtxReplay
 
-        init_dir = resolve_model_path(cfg.policy.path, key="policy.path")  # the warm start, also on resume / eval
-        ptx = PtxReplay(train_runner, cfg.policy.ptx_data, init_dir, cfg.policy.ptx_batch_size, cfg.seed)
-    return AgentContext(cfg, Path(model_dir), policy, opt, engine, train_runner, runner(cfg.eval.split), ref=ref,
-                        ptx=ptx)
+        ctx.ptx = PtxReplay(ctx.runner, p.ptx_data, ctx.model_dir, p.ptx_batch_size, ctx.cfg.seed)

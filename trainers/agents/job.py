@@ -56,11 +56,12 @@ def train(cfg: AgentConfig, run: RunDir) -> dict:
 def _train(cfg: AgentConfig, run: RunDir, policy_dir: Path) -> dict:
     import torch
 
-    from trainers.agents.context import build_context
+    from trainers.agents.context import attach_anchors, build_context
     from trainers.agents.rollouts import AgentRollouts
 
     job = start(run, cfg.seed, cfg.torch_threads)
     ctx = build_context(cfg, policy_dir)
+    attach_anchors(ctx)
     learner = make_learner(ctx)
     state = job.load_state("state.pt")
     if state:
@@ -85,7 +86,8 @@ def _train(cfg: AgentConfig, run: RunDir, policy_dir: Path) -> dict:
             t0 = time.time()
             trajs, metrics = rollouts.collect(it)  # --- episodes from the workers (env stepped beside the engine)
             metrics.update(learner.update(trajs, it))  # --- the learner's losses and steps (it syncs the engine)
-            metrics.update(ctx.step_metrics or {})
+            metrics.update(ctx.step_metrics or {})  # the ptx NLL, only in iterations that stepped the policy
+            ctx.step_metrics = None
             rollouts.publish(it, metrics)  # --- policy version `it` to the workers (+ the probe check)
             episodes += len(trajs)
             metrics.update({"episodes": episodes, "policy/version": ctx.version, "perf/iter_s": time.time() - t0})

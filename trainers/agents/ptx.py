@@ -74,11 +74,11 @@ class PtxReplay:
     def nll(self, policy: torch.nn.Module) -> torch.Tensor:
         """Mean NLL of the utterance tokens of `batch_size` episodes (drawn with replacement). Differentiable."""
         from trainers.agents.episodes import token_logprobs
+        from trainers.agents.loss import bc_loss
 
         i = torch.randint(0, len(self.ids), (self.batch_size,), generator=self.gen)
         lp = token_logprobs(policy, self.ids[i], self.attn[i])  # [b, n] log p(token j | < j)
-        m = self.mask[i]  # [b, n] 1 at the episodes' utterance tokens
-        return -(lp * m).sum() / m.sum().clamp(min=1)
+        return bc_loss(lp, self.mask[i])[0]  # mask [b, n]: 1 at the episodes' utterance tokens
 
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state()}

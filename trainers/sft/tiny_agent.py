@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from rl.zoo import MODELS, ArchSpec, ZooBuildError, ZooModel, build_tokenizer, init_random_model
+from trainers.agents.ptx import WARM_START_EPISODES
 
 AGENT_ARCH = ArchSpec(hidden=128, layers=2, heads=2, intermediate=256, max_positions=512)
 TINY_AGENT_SFT = {"env": "twenty_questions", "episodes": 3000, "knowledge_repeats": 20, "sloppy": 0.6, "rash": 0.1,
@@ -158,13 +159,7 @@ def build_tiny_encoder(out_dir: Path, seed: int) -> dict:
     return {}
 
 
-def _register_warm_start() -> None:
-    from trainers.agents.ptx import WARM_START_EPISODES
-
-    WARM_START_EPISODES.register("tiny-agent")(lambda: knowledge_episodes(TINY_AGENT_SFT["env"]))
-
-
-_register_warm_start()
+WARM_START_EPISODES.register("tiny-agent")(lambda: knowledge_episodes(TINY_AGENT_SFT["env"]))  # policy.ptx_data
 MODELS.register("tiny-agent")(ZooModel(
     build=build_tiny_agent, check=check_tiny_agent,
     recipe={"kind": "sft-agent", "arch": asdict(AGENT_ARCH), "sft": TINY_AGENT_SFT, "band": TINY_AGENT_BAND,
