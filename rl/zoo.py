@@ -99,7 +99,7 @@ class ZooBuildError(OrchardError):
 
 
 MODEL_PROVIDERS = ("trainers.sft.tiny_arith", "trainers.sft.tiny_expr", "rl.zoo_chat", "trainers.sft.tiny_agent",
-                   "trainers.sft.tiny_mix", "trainers.sft.tiny_mdlm")
+                   "trainers.sft.tiny_mix", "trainers.sft.tiny_mdlm", "trainers.sft.tiny_guesser")
 """Modules above rl core that register zoo models when imported (tiny-arith: trainers/sft/tiny_arith.py). The
 registry imports them the first time it is read, so `rl models`, `rl train` (model.path: tiny-arith) and
 `resolve_model_path` see their models while this module imports neither trainers/ nor envs/."""

@@ -4,7 +4,9 @@ TextArena plays a game as `env.reset(num_players, seed)`, then per turn `pid, ob
 `done, info = env.step(action)`, and at the end `rewards, game_info = env.close()`. Its observation is the whole
 history so far; this adapter returns only what is new since the agent's last utterance (so the multi-turn runner
 appends it as ids, never re-tokenising the history). The reward is 0 per turn and the game's final reward for
-player 0 at the end (GuessTheNumber: 1 for a win); `info["success"]` is whether that final reward is > 0.
+player 0 at the end; `info["success"]` is a win, a final reward of 1. (TextArena's single-player games end with 1 for
+a win and partial credit otherwise: GuessTheNumber gives 1 - |last guess - target| / 19 when its turns run out or on
+an invalid move, so a loss can end with 0.84.)
 
 Games that do not work here (see README "Multi-turn agents"): two-player games (a fixed opponent is not built yet),
 TwentyQuestions / GuessWho / Debate / ScenarioPlanning (need an OpenRouter key), the word games that call
@@ -22,7 +24,7 @@ class TextArenaGame:
     def __init__(self, game_id: str, **make_kwargs):
         import textarena as ta
 
-        self.game_id = game_id
+        self.game_id, self.make_kwargs = game_id, make_kwargs
         self.env = ta.make(game_id, **make_kwargs)
         self.seen = ""
 
@@ -34,6 +36,10 @@ class TextArenaGame:
         return new
 
     def reset(self, seed: int) -> str:
+        import textarena as ta
+
+        # a new TextArena env per episode: its observation wrappers keep the previous episodes' text across reset()
+        self.env = ta.make(self.game_id, **self.make_kwargs)
         self.env.reset(num_players=1, seed=seed)
         self.seen = ""
         return self._new_text()
@@ -45,7 +51,7 @@ class TextArenaGame:
         rewards, game_info = self.env.close()
         r = float(rewards.get(0, 0.0)) if isinstance(rewards, dict) else 0.0
         reason = str((game_info or {}).get(0, {}).get("reason", "")) if isinstance(game_info, dict) else ""
-        return "", r, True, {"success": r > 0, "reason": reason}
+        return "", r, True, {"success": r >= 1.0, "reason": reason}
 
 
 def textarena_factory(game_id: str, kwargs: dict, key: str):

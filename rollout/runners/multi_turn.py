@@ -51,7 +51,7 @@ class MultiTurnRunner:
     @classmethod
     def from_config(cls, rollout) -> "MultiTurnRunner":
         raise ValueError("rollout.runner=multi_turn needs a text env: the grpo job does not take one yet; use the "
-                         "agent jobs (algo: agent_grpo, archer or filtered_bc; configs/grpo_agent_guess.yaml)")
+                         "agent jobs (algo: agent_grpo, archer or filtered_bc; configs/grpo_agent_twenty_questions.yaml)")
 
     def __post_init__(self):
         from transformers import AutoTokenizer

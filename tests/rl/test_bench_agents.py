@@ -10,8 +10,9 @@ def test_every_algorithm_gets_the_same_episode_budget(tmp_path):
     a = p.parse_args(["--episodes", "128", "--episodes-per-iter", "8", "--grpo-seeds", "4", "--group-size", "8",
                       "--eval-every-episodes", "32"])
     for algo, iters, every in (("archer", 16, 4), ("agent_grpo", 4, 1), ("filtered_bc", 16, 4)):
-        o = job_overrides(algo, 0, a, tmp_path)
+        o = job_overrides("twenty_questions", algo, 0, a, tmp_path)
         assert f"iterations={iters}" in o and f"eval.every={every}" in o and f"algo={algo}" in o
+        assert "env=twenty_questions" in o
 
 
 def test_episodes_to_reach():

@@ -76,7 +76,7 @@ def test_archer_user_env_trains_checkpoints_resumes_and_evaluates(tmp_path):
 
 @pytest.mark.parametrize("algo", ["agent_grpo", "filtered_bc"])
 def test_grpo_and_filtered_bc_tiny_jobs(tmp_path, algo):
-    s = launch("configs/grpo_agent_guess.yaml", [*TINY, f"algo={algo}", "iterations=2", "env_kwargs={max_turns: 3}",
+    s = launch("configs/grpo_agent_twenty_questions.yaml", [*TINY, f"algo={algo}", "iterations=2", "env_kwargs={max_turns: 3}",
                                                  "policy.kl_coef=0.1", "grpo.epochs=2",
                                                  f"run_dir={tmp_path}"])
     assert s["algo"] == algo and s["episodes"] == 8

@@ -22,7 +22,7 @@ def cache(tmp_path_factory, monkeypatch):
 @pytest.mark.slow
 def test_agent_grpo_on_two_ray_workers_with_staleness_probe_check_and_a_killed_worker(tmp_path):
     marker = tmp_path / "killed"
-    s = launch("configs/grpo_agent_guess.yaml", [
+    s = launch("configs/grpo_agent_twenty_questions.yaml", [
         "policy.path=random-3m", f"env={ENVS}:DiesOnce", f"env_kwargs={{marker: {marker}}}", "iterations=3",
         "grpo.seeds_per_iter=2", "grpo.group_size=4", "rollout.max_new_tokens=4", "eval.episodes=2",
         "eval.every=3", "policy.lr=1e-2", "cluster.backend=ray", "cluster.rollout_workers=2", "max_staleness=1",

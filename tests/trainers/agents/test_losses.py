@@ -143,9 +143,9 @@ def test_kl_penalty_is_coef_times_k3_over_policy_tokens():
 def test_agent_grpo_resolves_its_correction_from_max_staleness():
     from rl.config import load_config
 
-    assert load_config("configs/grpo_agent_guess.yaml", []).grpo.offpolicy == "none"
-    assert load_config("configs/grpo_agent_guess.yaml", ["max_staleness=1"]).grpo.offpolicy == "decoupled"
-    assert load_config("configs/grpo_agent_guess.yaml", ["max_staleness=1", "grpo.offpolicy=none"]).grpo.offpolicy \
+    assert load_config("configs/grpo_agent_twenty_questions.yaml", []).grpo.offpolicy == "none"
+    assert load_config("configs/grpo_agent_twenty_questions.yaml", ["max_staleness=1"]).grpo.offpolicy == "decoupled"
+    assert load_config("configs/grpo_agent_twenty_questions.yaml", ["max_staleness=1", "grpo.offpolicy=none"]).grpo.offpolicy \
         == "none"
 
 

@@ -19,7 +19,7 @@ ENVS = Path(__file__).parent / "ray_envs.py"
 
 
 def test_seed_stream_is_the_iteration_seeds_block_after_block_and_resumes():
-    cfg = load_config("configs/grpo_agent_guess.yaml", ["grpo.seeds_per_iter=3"])
+    cfg = load_config("configs/grpo_agent_twenty_questions.yaml", ["grpo.seeds_per_iter=3"])
     s = SeedStream(cfg, 3)
     want = iteration_seeds(cfg, 1, 3) + iteration_seeds(cfg, 2, 3) + iteration_seeds(cfg, 3, 3)
     got = s.next(2) + s.next(4)
@@ -45,7 +45,7 @@ def test_staleness_metrics_per_token_and_per_episode():
 @pytest.fixture
 def rollouts(tmp_path, monkeypatch):
     monkeypatch.setenv("ORCHARD_CACHE", str(tmp_path / "cache"))
-    cfg = load_config("configs/grpo_agent_guess.yaml", [
+    cfg = load_config("configs/grpo_agent_twenty_questions.yaml", [
         "policy.path=random-3m", f"env={ENVS}:Parity", "iterations=3", "grpo.seeds_per_iter=2", "grpo.group_size=2",
         "rollout.max_new_tokens=4", "cluster.backend=local"])
     ctx = build_context(cfg)
