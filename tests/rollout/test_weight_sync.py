@@ -143,6 +143,9 @@ def test_worker_killed_before_a_broadcast_is_restarted_and_verified(local_ray, m
         ctrl.publish(Source(base_model), 0)
         groups, _ = ctrl.collect(1)
         assert {v for g in groups for s in g.samples for v in s.versions} == {0}
+        deadline = time.monotonic() + 60  # a busy machine: worker 1 may still be loading version 0 (worker 0 did both
+        while ctrl.calls and time.monotonic() < deadline:  # tasks); kill it idle, before the next broadcast
+            ctrl._poll(0.5)
         assert ctrl.stats["sync_groups"] == 1 and not ctrl.calls  # synchronous: nothing in flight now
         victim = ctrl.worker_infos[1].pid
         os.kill(victim, signal.SIGKILL)
