@@ -8,7 +8,8 @@ player 0 at the end; `info["success"]` is a win, a final reward of 1. (TextArena
 a win and partial credit otherwise: GuessTheNumber gives 1 - |last guess - target| / 19 when its turns run out or on
 an invalid move, so a loss can end with 0.84.)
 
-Games that do not work here (see README "Multi-turn agents"): two-player games (a fixed opponent is not built yet),
+Two-player games play against a fixed opponent (`env_kwargs.opponent`): envs/text/textarena_opponents.py.
+Games that do not work here (see README "Multi-turn agents"):
 TwentyQuestions / GuessWho / Debate / ScenarioPlanning (need an OpenRouter key), the word games that call
 `nltk.download` at import (Wordle, Hangman, WordLadder, SpellingBee, WordSearch, ...; fail offline), and Chess,
 Checkers, ReverseTicTacToe, UltimateTexasHoldem, Klondike (Python 3.12 syntax; we run 3.11).
@@ -60,12 +61,16 @@ def textarena_factory(game_id: str, kwargs: dict, key: str):
     except ImportError as e:
         raise ConfigError(f"{key}: textarena/{game_id} needs the textarena package (pip install textarena==0.7.4): "
                           f"{e}") from e
+    from envs.text.textarena_opponents import DUEL_KWARGS, duel_factory, seats
+
+    make_kwargs = {k: v for k, v in kwargs.items() if k not in DUEL_KWARGS}
     try:
-        game = TextArenaGame(game_id, **kwargs)
+        TextArenaGame(game_id, **make_kwargs)
     except Exception as e:
         raise ConfigError(f"{key}: TextArena game '{game_id}' cannot be made: {type(e).__name__}: {e}") from e
-    n = getattr(game.env, "num_players", None) or getattr(getattr(game.env, "state", None), "num_players", None)
-    if n not in (None, 1):
-        raise ConfigError(f"{key}: TextArena game '{game_id}' is a {n}-player game; only single-player games are "
-                          f"adapted so far (no fixed opponent yet)")
+    if seats(game_id, make_kwargs) == 2:
+        return duel_factory(game_id, kwargs, key)
+    if make_kwargs != kwargs:
+        raise ConfigError(f"{key}: env_kwargs {', '.join(sorted(set(kwargs) - set(make_kwargs)))} only apply to "
+                          f"two-player games; TextArena game '{game_id}' is not one")
     return lambda: TextArenaGame(game_id, **kwargs)
