@@ -18,14 +18,18 @@ from __future__ import annotations
 
 from rl.errors import ConfigError
 
+REWARDS = ("game", "win")
+"""`env_kwargs.reward`: "game" (TextArena's own final reward, partial credit included) or "win" (1 for a win, else 0:
+GuessTheNumber's partial credit pays 0.95 for quitting with an invalid move next to the target, and GRPO learns to)."""
+
 
 class TextArenaGame:
     """One TextArena single-player game as a `TextEnv`."""
 
-    def __init__(self, game_id: str, **make_kwargs):
+    def __init__(self, game_id: str, reward: str = "game", **make_kwargs):
         import textarena as ta
 
-        self.game_id, self.make_kwargs = game_id, make_kwargs
+        self.game_id, self.reward, self.make_kwargs = game_id, reward, make_kwargs
         self.env = ta.make(game_id, **make_kwargs)
         self.seen = ""
 
@@ -52,7 +56,11 @@ class TextArenaGame:
         rewards, game_info = self.env.close()
         r = float(rewards.get(0, 0.0)) if isinstance(rewards, dict) else 0.0
         reason = str((game_info or {}).get(0, {}).get("reason", "")) if isinstance(game_info, dict) else ""
-        return "", r, True, {"success": r >= 1.0, "reason": reason}
+        return "", self.scored(r, r >= 1.0), True, {"success": r >= 1.0, "reason": reason}
+
+    def scored(self, game_reward: float, won: bool) -> float:
+        """The episode's final reward under `env_kwargs.reward`."""
+        return game_reward if self.reward == "game" else float(won)
 
 
 def textarena_factory(game_id: str, kwargs: dict, key: str):
@@ -63,12 +71,14 @@ def textarena_factory(game_id: str, kwargs: dict, key: str):
                           f"{e}") from e
     from envs.text.textarena_opponents import DUEL_KWARGS, duel_factory, seats
 
+    if kwargs.get("reward", "game") not in REWARDS:
+        raise ConfigError(f"{key}: env_kwargs.reward must be one of {', '.join(REWARDS)}, got {kwargs['reward']!r}")
     make_kwargs = {k: v for k, v in kwargs.items() if k not in DUEL_KWARGS}
     try:
         TextArenaGame(game_id, **make_kwargs)
     except Exception as e:
         raise ConfigError(f"{key}: TextArena game '{game_id}' cannot be made: {type(e).__name__}: {e}") from e
-    if seats(game_id, make_kwargs) == 2:
+    if seats(game_id, {k: v for k, v in make_kwargs.items() if k != "reward"}) == 2:
         return duel_factory(game_id, kwargs, key)
     if make_kwargs != kwargs:
         raise ConfigError(f"{key}: env_kwargs {', '.join(sorted(set(kwargs) - set(make_kwargs)))} only apply to "

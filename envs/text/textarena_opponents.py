@@ -202,7 +202,7 @@ class TextArenaDuel(TextArenaGame):
         rewards = rewards if isinstance(rewards, dict) else {}
         mine, theirs = float(rewards.get(self.agent_player, 0.0)), float(rewards.get(1 - self.agent_player, 0.0))
         info = game_info.get(self.agent_player, {}) if isinstance(game_info, dict) else {}
-        return mine, True, {"success": mine > theirs, "reason": str(info.get("reason", ""))}
+        return self.scored(mine, mine > theirs), True, {"success": mine > theirs, "reason": str(info.get("reason", ""))}
 
 
 # ---- the factory -----------------------------------------------------------------------------------------------

@@ -80,3 +80,23 @@ def test_guess_the_number_recipes_run_a_tiny_job(tmp_path, long_context_policy, 
     returns = [r["rollout/return"] for r in rows if "rollout/return" in r] + [r["eval/return"] for r in rows
                                                                            if "eval/return" in r]
     assert len(returns) >= 3 and all(0.0 <= x <= 1.0 for x in returns)  # the game's rewards: a win 1, else partial
+
+
+def test_win_reward_pays_a_win_only():
+    """env_kwargs.reward=win: a loss (here an invalid move next to the target, which TextArena pays 0.95) scores 0."""
+    from envs.text.base import env_factory
+    from rl.errors import ConfigError
+
+    for reward, loss in (("game", 1 - 1 / 19), ("win", 0.0)):
+        g = env_factory("textarena/GuessTheNumber-v0", {"reward": reward})()
+        g.reset(3)
+        target = g.env.state.game_state["game_number"]
+        near = target + 1 if target < 20 else target - 1
+        g.step(f"[{near}]")
+        assert g.step("no number")[2] is False  # TextArena forgives one invalid move, then ends the game
+        obs, r, done, info = g.step("no number")
+        assert done and info["success"] is False and r == pytest.approx(loss)
+        g.reset(3)
+        assert g.step(f"[{target}]")[1:3] == (1.0, True)
+    with pytest.raises(ConfigError, match=r"env: env_kwargs.reward must be one of game, win, got 'wins'"):
+        env_factory("textarena/GuessTheNumber-v0", {"reward": "wins"}, key="env")
