@@ -51,19 +51,6 @@ def test_sharp_expert_wins_every_game_within_five_guesses_and_the_scan_does_not(
     assert all(u == f"[{k + 1}]" for ep in scan for k, (u, _) in enumerate(ep[1:]))  # 1, 2, 3, ...
 
 
-@pytest.fixture(scope="module")
-def long_context_policy(tmp_path_factory):
-    """A random tiny Llama with 2048 positions (GuessTheNumber's first observation alone is 516 characters)."""
-    from rl.zoo import ArchSpec, build_tokenizer, init_random_model
-
-    out = tmp_path_factory.mktemp("guess-policy")
-    tok = build_tokenizer()
-    init_random_model(ArchSpec(hidden=64, layers=1, heads=1, intermediate=128, max_positions=2048), tok, 0) \
-        .save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
-
-
 @pytest.mark.parametrize("config", ["configs/grpo_agent_guess.yaml", "configs/archer_guess.yaml"])
 def test_guess_the_number_recipes_run_a_tiny_job(tmp_path, long_context_policy, config):
     """The TextArena recipes end to end (the zoo's tiny-guesser replaced by a random long-context model): episodes

@@ -135,23 +135,10 @@ def test_broken_opponent_stops_naming_game_seed_and_turn(fn, agent_player, turn,
         batch.step(["[4]"])
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    """A random tiny Llama with 2048 positions (it plays garbage)."""
-    from rl.zoo import ArchSpec, build_tokenizer, init_random_model
-
-    out = tmp_path_factory.mktemp("opponent")
-    tok = build_tokenizer()
-    init_random_model(ArchSpec(hidden=64, layers=1, heads=1, intermediate=128, max_positions=2048), tok, 0) \
-        .save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
-
-
-def test_checkpoint_opponent_plays_greedily_and_the_game_still_ends(tiny_checkpoint):
+def test_checkpoint_opponent_plays_greedily_and_the_game_still_ends(long_context_policy):
     from envs.text.textarena_opponents import _load_checkpoint
 
-    factory = env_factory(TTT, {"opponent": f"checkpoint:{tiny_checkpoint}", "opponent_max_new_tokens": 4})
+    factory = env_factory(TTT, {"opponent": f"checkpoint:{long_context_policy}", "opponent_max_new_tokens": 4})
     misses = _load_checkpoint.cache_info().misses
     results = []
     for _ in range(2):

@@ -95,10 +95,7 @@ def encode_episodes(runner, episodes) -> tuple:
 
 
 def build_tiny_agent(out_dir: Path, seed: int) -> dict:
-    import torch
-
     from rollout.runners.multi_turn import MultiTurnRunner
-    from trainers.sft.train import sft
 
     s = TINY_AGENT_SFT
     t0 = time.time()
@@ -108,10 +105,20 @@ def build_tiny_agent(out_dir: Path, seed: int) -> dict:
     rng = np.random.default_rng([seed, 41])
     episodes = expert_episodes(s["env"], "train", rng.integers(0, 2**31, s["episodes"]), s["sloppy"], s["rash"], rng)
     episodes += knowledge_episodes(s["env"]) * s["knowledge_repeats"]
+    return sft_on_episodes(out_dir, AGENT_ARCH, tok, runner, episodes, s, seed, t0)
+
+
+def sft_on_episodes(out_dir: Path, arch, tok, runner, episodes, s: dict, seed: int, t0: float) -> dict:
+    """A random `arch` model SFT-trained on `episodes` (rendered by `runner`) with the recipe `s` (max_steps,
+    batch_size, lr, warmup) on one torch thread, saved to `out_dir`; the build's measurements."""
+    import torch
+
+    from trainers.sft.train import sft
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same float rounding on every machine (see trainers/sft/warm_start.py)
     try:
-        model = init_random_model(AGENT_ARCH, tok, seed)
+        model = init_random_model(arch, tok, seed)
         losses = sft(model, tok, [], s["max_steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed,
                      warmup=s["warmup"], encoded=encode_episodes(runner, episodes))
     finally:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rl.zoo import MODELS, ArchSpec, ZooBuildError, ZooModel, build_tokenizer, init_random_model
+from rl.zoo import MODELS, ArchSpec, ZooBuildError, ZooModel, build_tokenizer
 
 GAME = "textarena/GuessTheNumber-v0"
 GUESSER_ARCH = ArchSpec(hidden=128, layers=2, heads=2, intermediate=256, max_positions=2048)
@@ -70,11 +70,8 @@ def expert_episodes(game_id: str, seeds, sloppy: float, rash: float, rng) -> lis
 
 
 def build_tiny_guesser(out_dir: Path, seed: int) -> dict:
-    import torch
-
     from rollout.runners.multi_turn import MultiTurnRunner
-    from trainers.sft.tiny_agent import encode_episodes
-    from trainers.sft.train import sft
+    from trainers.sft.tiny_agent import sft_on_episodes
 
     s = TINY_GUESSER_SFT
     t0 = time.time()
@@ -83,17 +80,7 @@ def build_tiny_guesser(out_dir: Path, seed: int) -> dict:
     runner = MultiTurnRunner(env=s["env"], tokenizer_path=str(out_dir), max_context=GUESSER_ARCH.max_positions)
     rng = np.random.default_rng([seed, 43])
     episodes = expert_episodes(s["env"], rng.integers(0, 2**31, s["episodes"]), s["sloppy"], s["rash"], rng)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same float rounding on every machine (see trainers/sft/warm_start.py)
-    try:
-        model = init_random_model(GUESSER_ARCH, tok, seed)
-        losses = sft(model, tok, [], s["max_steps"], batch_size=s["batch_size"], lr=s["lr"], seed=seed,
-                     warmup=s["warmup"], encoded=encode_episodes(runner, episodes))
-    finally:
-        torch.set_num_threads(threads)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    return {"sft_steps": len(losses), "final_sft_loss": sum(losses[-20:]) / 20, "build_s": time.time() - t0,
-            "sft_episodes": len(episodes), "torch_threads": 1}
+    return sft_on_episodes(out_dir, GUESSER_ARCH, tok, runner, episodes, s, seed, t0)
 
 
 def measure_guesser(model_dir: Path, seeds: list[int], max_new_tokens: int) -> dict:
